@@ -1,0 +1,224 @@
+"""The Python API a toolstack embeds; the CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from .catalog import Catalog
+from .coordinator import Coordinator
+from .errors import Conflict, InvalidInput, NotSupported, PluginError, VolumeNotFound
+from .locking import group_lock
+from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
+from .names import check_abs_path, check_name, split_spec
+from .plugins import PluginSet
+from .recovery import DriftReport, RecoveryReport, check, recover
+from .statedir import default_state_dir, ensure_state_dir
+
+__all__ = ["Snaptree"]
+
+CATALOG_FILE = "catalog.sqlite"
+
+
+class Snaptree:
+    """One state directory, one plugin set: every snapshot operation.
+
+    :param state_dir: where the catalog and locks live (default:
+        ``$SNAPTREE_STATE_DIR``, ``/var/lib/snaptree`` as root, else XDG state).
+    :param plugins: extra plugin objects to register (audit logs, test faults).
+    :param load_entrypoints: load backends from the ``snaptree`` entry points.
+    :param lock_timeout: seconds to wait for a busy group before raising Busy.
+    :param progress: ``callable(done, total, label)`` for long work.
+    :param auto_recover: run :meth:`recover` on a group before mutating it.
+    """
+
+    def __init__(self, state_dir: str | None = None, *, plugins: Iterable[object] = (),
+                 load_entrypoints: bool = True, lock_timeout: float = 30.0,
+                 progress: Callable[..., None] | None = None, auto_recover: bool = True):
+        self.state_dir = ensure_state_dir(state_dir or default_state_dir())
+        self.plugins = PluginSet(plugins, load_entrypoints=load_entrypoints)
+        self.catalog = Catalog(os.path.join(self.state_dir, CATALOG_FILE))
+        self.coordinator = Coordinator(self.catalog, self.plugins, self.state_dir,
+                                       lock_timeout=lock_timeout, progress=progress)
+        self.auto_recover = auto_recover
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> "Snaptree":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- backends -------------------------------------------------------------
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Installed backends with capabilities, missing tools and broken plugins."""
+        out = []
+        for name, info in sorted(self.plugins.backends.items()):
+            missing = [t for t in info.required_tools if shutil.which(t) is None]
+            out.append({"name": name, "description": info.description, "provider": info.provider,
+                        "capabilities": info.capabilities.as_dict(), "missing_tools": missing})
+        for name, reason in sorted(self.plugins.broken.items()):
+            out.append({"name": name, "broken": reason})
+        return out
+
+    def backend_info(self, name: str) -> BackendInfo:
+        return self.plugins.backend(name)
+
+    def claim(self, spec: str) -> Volume:
+        """Resolve ``BACKEND:LOCATOR`` to a volume claimed by exactly one plugin."""
+        backend, locator = split_spec(spec)
+        info = self.plugins.backend(backend)
+        if info.capabilities.needs_root and os.geteuid() != 0:
+            raise NotSupported(
+                f"backend {backend!r} needs root (it uses {', '.join(info.required_tools) or 'kernel ioctls'}); "
+                "run snaptree as root")
+        claims = [v for v in self.plugins.hook.snaptree_claim_volume(backend=backend, locator=locator)
+                  if v is not None]
+        if not claims:
+            raise PluginError(f"no plugin claims volume {spec!r}")
+        if len(claims) > 1:
+            raise PluginError(f"volume {spec!r} is claimed by {len(claims)} plugins")
+        return claims[0]
+
+    # -- groups ---------------------------------------------------------------
+
+    def create_group(self, name: str, volume_specs: Sequence[str], *, qmp_socket: str | None = None,
+                     options: dict[str, Any] | None = None) -> Group:
+        check_name(name, "group name")
+        if not volume_specs:
+            raise InvalidInput("a group needs at least one volume")
+        volumes: list[Volume] = []
+        for spec in volume_specs:
+            volume = self.claim(spec)
+            if volume in volumes:
+                raise InvalidInput(f"volume {volume.spec} is listed twice")
+            owner = self.catalog.volume_owner(volume.spec)
+            if owner is not None:
+                raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
+            volumes.append(volume)
+        if qmp_socket is not None:
+            qmp_socket = check_abs_path(qmp_socket, "QMP socket")
+        options = dict(options or {})
+        for key, value in options.items():
+            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+                raise InvalidInput(f"option {key!r} must map a name to a plain value")
+        if self.catalog.get_group(name) is not None:
+            raise Conflict(f"group {name!r} already exists")
+        group = Group(name=name, volumes=tuple(volumes), qmp_socket=qmp_socket,
+                      options=options, created=time.time())
+        try:
+            self.catalog.add_group(group)
+        except Exception as err:
+            import sqlite3
+            if isinstance(err.__cause__, sqlite3.IntegrityError) or isinstance(err, sqlite3.IntegrityError):
+                raise Conflict(f"group {name!r} or one of its volumes is already registered") from err
+            raise
+        return self.catalog.get_group(name)
+
+    def list_groups(self) -> list[Group]:
+        return [self.catalog.get_group(n) for n in self.catalog.group_names()]
+
+    def group(self, name: str) -> Group:
+        return self.coordinator.group(name)
+
+    def delete_group(self, name: str, *, with_snapshots: bool = False) -> None:
+        """Forget a group; refuses while it has snapshots unless ``with_snapshots``."""
+        self.group(name)
+        self._recover_first(name)
+        snaps = self.catalog.list_snapshots(name)
+        if snaps and not with_snapshots:
+            raise Conflict(f"group {name!r} has {len(snaps)} snapshot(s); delete them first "
+                           "or pass --with-snapshots")
+        roots = [s for s in snaps if s.parent is None]
+        for root in roots:
+            self.coordinator.delete(name, root.name, children=True)
+        with group_lock(self.state_dir, name, self.coordinator.lock_timeout):
+            self.catalog.delete_group(name)
+
+    # -- snapshots ------------------------------------------------------------
+
+    def _recover_first(self, group: str) -> None:
+        if self.auto_recover and self.catalog.journal_open(group):
+            recover(self.coordinator, group)
+
+    def create(self, group: str, name: str | None = None, *, description: str = "",
+               memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
+        """Snapshot every volume of ``group`` as one point; returns the snapshot."""
+        self.group(group)
+        self._recover_first(group)
+        return self.coordinator.create(group, name, description=description, memory=memory,
+                                       options=options)
+
+    def revert(self, group: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
+        """Bring every volume (and VM memory, if saved) back to snapshot ``name``."""
+        self.group(group)
+        self._recover_first(group)
+        return self.coordinator.revert(group, name, options=options)
+
+    def delete(self, group: str, name: str, *, children: bool = False) -> list[str]:
+        """Delete snapshot ``name`` (its subtree with ``children``); children are re-parented."""
+        self.group(group)
+        self._recover_first(group)
+        return self.coordinator.delete(group, name, children=children)
+
+    def list(self, group: str) -> list[Snapshot]:
+        """Snapshots of ``group`` in creation order (complete ones and any unfinished)."""
+        self.group(group)
+        return self.catalog.list_snapshots(group)
+
+    def tree(self, group: str) -> list[dict[str, Any]]:
+        """The snapshot tree as nested dicts: ``{"name", "current", "children"}``."""
+        snaps = self.list(group)
+        current = self.catalog.get_group(group).current
+        nodes = {s.name: {"name": s.name, "created": s.created, "description": s.description,
+                          "current": s.name == current, "children": []} for s in snaps}
+        roots = []
+        for s in snaps:
+            if s.parent and s.parent in nodes:
+                nodes[s.parent]["children"].append(nodes[s.name])
+            else:
+                roots.append(nodes[s.name])
+        return roots
+
+    def current(self, group: str) -> Snapshot | None:
+        g = self.group(group)
+        return self.catalog.get_snapshot(group, g.current) if g.current else None
+
+    def info(self, group: str, name: str) -> Snapshot:
+        return self.coordinator.snapshot(group, name)
+
+    def parent(self, group: str, name: str) -> Snapshot | None:
+        snap = self.info(group, name)
+        return self.catalog.get_snapshot(group, snap.parent) if snap.parent else None
+
+    def children(self, group: str, name: str) -> list[Snapshot]:
+        snap = self.info(group, name)
+        return [self.catalog.get_snapshot_by_id(i) for i in self.catalog.children_ids(snap.snapshot_id)]
+
+    def space_used(self, group: str, name: str) -> dict[str, SpaceUsage]:
+        snap = self.info(group, name)
+        out = {}
+        for m in snap.members:
+            usage = self.plugins.hook.snaptree_space_used(backend=m.backend, member=m)
+            out[m.volume.spec] = usage or SpaceUsage()
+        return out
+
+    # -- maintenance ----------------------------------------------------------
+
+    def recover(self, group: str | None = None) -> RecoveryReport:
+        """Finish or undo operations a crash interrupted; clean backend leftovers."""
+        if group is not None:
+            self.group(group)
+        return recover(self.coordinator, group)
+
+    def check(self, group: str) -> DriftReport:
+        """Compare the catalog with what the backends hold."""
+        return check(self.coordinator, group)
+
+    def journal(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.catalog.journal_tail(group, limit)]

@@ -1,0 +1,119 @@
+"""A convenience base class for backend plugins.
+
+Subclass :class:`VolumeBackend`, set ``info`` and override the methods you
+support; the base class implements the hooks and answers only for its own
+backend name.  Nothing here is private to the built-in backends.
+
+Example::
+
+    class MyBackend(VolumeBackend):
+        info = BackendInfo("mine", "my storage", Capabilities())
+
+        def claim(self, locator): ...
+        def snapshot(self, volumes, ctx): ...
+        def revert(self, members, ctx): ...
+        def delete(self, members, ctx): ...
+        def list(self, volume): ...
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .errors import NotSupported
+from .markers import hookimpl
+from .model import BackendInfo, MemberSnapshot, OpContext, SpaceUsage, Volume
+
+__all__ = ["VolumeBackend"]
+
+
+class VolumeBackend:
+    """Dispatches snaptree's hooks to methods for one backend name."""
+
+    info: BackendInfo
+
+    # -- methods a subclass overrides ---------------------------------------
+
+    def claim(self, locator: str) -> Volume:
+        raise NotImplementedError
+
+    def prepare(self, operation: str, volumes: Sequence[Volume], ctx: OpContext) -> None:
+        """Validate without side effects; raise on failure."""
+
+    def snapshot(self, volumes: Sequence[Volume], ctx: OpContext) -> list[MemberSnapshot]:
+        raise NotSupported(f"backend {self.info.name!r} cannot snapshot")
+
+    def revert(self, members: Sequence[MemberSnapshot], ctx: OpContext) -> None:
+        raise NotSupported(f"backend {self.info.name!r} cannot revert")
+
+    def delete(self, members: Sequence[MemberSnapshot], ctx: OpContext) -> None:
+        raise NotSupported(f"backend {self.info.name!r} cannot delete")
+
+    def list(self, volume: Volume) -> list[MemberSnapshot]:
+        return []
+
+    def space_used(self, member: MemberSnapshot) -> SpaceUsage:
+        return SpaceUsage()
+
+    def recover_volume(self, volume: Volume) -> list[str]:
+        return []
+
+    # -- the hooks ------------------------------------------------------------
+
+    def _mine(self, backend: str) -> bool:
+        return backend == self.info.name
+
+    @hookimpl
+    def snaptree_backends(self):
+        return [self.info]
+
+    @hookimpl
+    def snaptree_claim_volume(self, backend, locator):
+        if not self._mine(backend):
+            return None
+        return self.claim(locator)
+
+    @hookimpl
+    def snaptree_prepare(self, backend, operation, volumes, ctx):
+        if not self._mine(backend):
+            return None
+        self.prepare(operation, volumes, ctx)
+        return True
+
+    @hookimpl
+    def snaptree_snapshot(self, backend, volumes, ctx):
+        if not self._mine(backend):
+            return None
+        return list(self.snapshot(volumes, ctx))
+
+    @hookimpl
+    def snaptree_revert(self, backend, members, ctx):
+        if not self._mine(backend):
+            return None
+        self.revert(members, ctx)
+        return True
+
+    @hookimpl
+    def snaptree_delete(self, backend, members, ctx):
+        if not self._mine(backend):
+            return None
+        self.delete(members, ctx)
+        return True
+
+    @hookimpl
+    def snaptree_list(self, backend, volume):
+        if not self._mine(backend):
+            return None
+        return list(self.list(volume))
+
+    @hookimpl
+    def snaptree_space_used(self, backend, member):
+        if not self._mine(backend):
+            return None
+        return self.space_used(member)
+
+    @hookimpl
+    def snaptree_recover_volume(self, backend, volume):
+        if not self._mine(backend):
+            return None
+        return list(self.recover_volume(volume))

@@ -1,0 +1,333 @@
+"""The snapshot catalog: an SQLite database in the state directory.
+
+Holds groups, their volumes, the snapshot tree (parent links and each group's
+current snapshot), member snapshots, and the journal of mutating operations
+that ``snaptree recover`` reads after a crash.  WAL mode, a versioned schema,
+one short transaction per write, every write a crash checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Iterator
+
+from . import faults
+from .errors import CatalogCorrupt, PermissionDenied, StateError
+from .model import Group, MemberSnapshot, MemoryState, Snapshot, SnapshotState, Volume
+
+__all__ = ["Catalog", "SCHEMA_VERSION", "JournalEntry"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE groups (
+    name       TEXT PRIMARY KEY,
+    qmp_socket TEXT,
+    options    TEXT NOT NULL DEFAULT '{}',
+    created    REAL NOT NULL,
+    current_id TEXT
+);
+CREATE TABLE volumes (
+    spec       TEXT PRIMARY KEY,
+    group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+    backend    TEXT NOT NULL,
+    locator    TEXT NOT NULL,
+    position   INTEGER NOT NULL
+);
+CREATE TABLE snapshots (
+    snapshot_id TEXT PRIMARY KEY,
+    group_name  TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    parent_id   TEXT,
+    created     REAL NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL,
+    memory      TEXT,
+    options     TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (group_name, name)
+);
+CREATE TABLE members (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots(snapshot_id) ON DELETE CASCADE,
+    spec        TEXT NOT NULL,
+    backend     TEXT NOT NULL,
+    locator     TEXT NOT NULL,
+    ref         TEXT NOT NULL,
+    size_bytes  INTEGER,
+    valid       INTEGER NOT NULL DEFAULT 1,
+    data        TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (snapshot_id, spec)
+);
+CREATE TABLE journal (
+    op_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_name  TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    snapshot_id TEXT,
+    status      TEXT NOT NULL,
+    payload     TEXT NOT NULL DEFAULT '{}',
+    started     REAL NOT NULL,
+    finished    REAL,
+    error       TEXT,
+    pid         INTEGER
+);
+CREATE INDEX journal_open ON journal(status);
+"""
+
+
+class JournalEntry(dict):
+    """A journal row as a dict (op_id, group_name, operation, snapshot_id, ...)."""
+
+
+class Catalog:
+    """Access to one catalog database file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory = os.path.dirname(path) or "."
+        if not os.access(directory, os.W_OK):
+            raise PermissionDenied(f"state directory {directory} is not writable")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionDenied(f"catalog {path} is not writable")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise CatalogCorrupt(f"cannot open catalog {path}: {err}") from err
+        except OSError as err:
+            raise StateError(f"cannot open catalog {path}: {err.strerror}") from err
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- plumbing -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, label: str) -> Iterator[sqlite3.Connection]:
+        """One immediate write transaction; a crash checkpoint after commit."""
+        faults.checkpoint(f"catalog:{label}:before")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                from .errors import Busy
+                raise Busy(f"catalog is busy ({err}); try again") from err
+            if "readonly" in str(err) or "read-only" in str(err):
+                raise PermissionDenied(f"catalog {self.path} is read-only") from err
+            raise StateError(f"catalog write failed: {err}") from err
+        faults.checkpoint(f"catalog:{label}:after")
+
+    def _migrate(self) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            self.conn.execute("BEGIN IMMEDIATE")
+            tables = {r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                for statement in _SCHEMA_V1.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("COMMIT")
+        version = int(self.conn.execute(
+            "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"catalog {self.path} has schema version {version}; this snaptree knows "
+                f"up to {SCHEMA_VERSION}: upgrade snaptree")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- groups ---------------------------------------------------------------
+
+    def add_group(self, group: Group) -> None:
+        with self.write("group-create") as db:
+            db.execute(
+                "INSERT INTO groups (name, qmp_socket, options, created) VALUES (?,?,?,?)",
+                (group.name, group.qmp_socket, json.dumps(dict(group.options)), group.created))
+            for position, volume in enumerate(group.volumes):
+                db.execute(
+                    "INSERT INTO volumes (spec, group_name, backend, locator, position) VALUES (?,?,?,?,?)",
+                    (volume.spec, group.name, volume.backend, volume.locator, position))
+
+    def group_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM groups ORDER BY name")]
+
+    def get_group(self, name: str) -> Group | None:
+        row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        volumes = tuple(
+            Volume(r["backend"], r["locator"]) for r in self.conn.execute(
+                "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position", (name,)))
+        current = None
+        if row["current_id"]:
+            cur = self.conn.execute("SELECT name FROM snapshots WHERE snapshot_id=?",
+                                    (row["current_id"],)).fetchone()
+            current = cur[0] if cur else None
+        return Group(name=row["name"], volumes=volumes, qmp_socket=row["qmp_socket"],
+                     options=json.loads(row["options"]), created=row["created"], current=current)
+
+    def volume_owner(self, spec: str) -> str | None:
+        row = self.conn.execute("SELECT group_name FROM volumes WHERE spec=?", (spec,)).fetchone()
+        return row[0] if row else None
+
+    def delete_group(self, name: str) -> None:
+        with self.write("group-delete") as db:
+            db.execute("DELETE FROM groups WHERE name=?", (name,))
+
+    def current_id(self, group: str) -> str | None:
+        row = self.conn.execute("SELECT current_id FROM groups WHERE name=?", (group,)).fetchone()
+        return row[0] if row else None
+
+    def set_current(self, group: str, snapshot_id: str | None, db=None) -> None:
+        if db is not None:
+            db.execute("UPDATE groups SET current_id=? WHERE name=?", (snapshot_id, group))
+            return
+        with self.write("set-current") as db:
+            db.execute("UPDATE groups SET current_id=? WHERE name=?", (snapshot_id, group))
+
+    # -- snapshots ------------------------------------------------------------
+
+    def add_pending_snapshot(self, snap: Snapshot, db) -> None:
+        db.execute(
+            "INSERT INTO snapshots (snapshot_id, group_name, name, parent_id, created, description,"
+            " state, memory, options) VALUES (?,?,?,?,?,?,?,?,?)",
+            (snap.snapshot_id, snap.group, snap.name, snap.parent, snap.created, snap.description,
+             snap.state.value, None, json.dumps(dict(snap.options))))
+
+    def add_members(self, members, db) -> None:
+        for m in members:
+            db.execute(
+                "INSERT OR REPLACE INTO members (snapshot_id, spec, backend, locator, ref, size_bytes,"
+                " valid, data) VALUES (?,?,?,?,?,?,?,?)",
+                (m.snapshot_id, Volume(m.backend, m.locator).spec, m.backend, m.locator, m.ref,
+                 m.size_bytes, int(m.valid), json.dumps(dict(m.data))))
+
+    def set_memory(self, snapshot_id: str, memory: MemoryState | None, db) -> None:
+        value = None if memory is None else json.dumps(
+            {"kind": memory.kind, "ref": memory.ref, "size_bytes": memory.size_bytes,
+             "data": dict(memory.data)})
+        db.execute("UPDATE snapshots SET memory=? WHERE snapshot_id=?", (value, snapshot_id))
+
+    def set_state(self, snapshot_id: str, state: SnapshotState, db) -> None:
+        db.execute("UPDATE snapshots SET state=? WHERE snapshot_id=?", (state.value, snapshot_id))
+
+    def remove_snapshot_row(self, snapshot_id: str, db) -> None:
+        db.execute("DELETE FROM snapshots WHERE snapshot_id=?", (snapshot_id,))
+
+    def reparent(self, old_parent: str, new_parent: str | None, db) -> None:
+        db.execute("UPDATE snapshots SET parent_id=? WHERE parent_id=?", (new_parent, old_parent))
+
+    def _snapshot_from_row(self, row) -> Snapshot:
+        members = tuple(
+            MemberSnapshot(backend=m["backend"], locator=m["locator"], snapshot_id=m["snapshot_id"],
+                           ref=m["ref"], size_bytes=m["size_bytes"], valid=bool(m["valid"]),
+                           data=json.loads(m["data"]))
+            for m in self.conn.execute(
+                "SELECT m.* FROM members m LEFT JOIN volumes v ON v.spec = m.spec "
+                "WHERE m.snapshot_id=? ORDER BY v.position, m.spec", (row["snapshot_id"],)))
+        memory = None
+        if row["memory"]:
+            raw = json.loads(row["memory"])
+            memory = MemoryState(kind=raw["kind"], ref=raw["ref"], size_bytes=raw.get("size_bytes"),
+                                 data=raw.get("data") or {})
+        parent_name = None
+        if row["parent_id"]:
+            p = self.conn.execute("SELECT name FROM snapshots WHERE snapshot_id=?",
+                                  (row["parent_id"],)).fetchone()
+            parent_name = p[0] if p else None
+        return Snapshot(snapshot_id=row["snapshot_id"], group=row["group_name"], name=row["name"],
+                        parent=parent_name, created=row["created"], description=row["description"],
+                        state=SnapshotState(row["state"]), members=members, memory=memory,
+                        options=json.loads(row["options"]))
+
+    def get_snapshot(self, group: str, name: str) -> Snapshot | None:
+        row = self.conn.execute("SELECT * FROM snapshots WHERE group_name=? AND name=?",
+                                (group, name)).fetchone()
+        return self._snapshot_from_row(row) if row else None
+
+    def get_snapshot_by_id(self, snapshot_id: str) -> Snapshot | None:
+        row = self.conn.execute("SELECT * FROM snapshots WHERE snapshot_id=?", (snapshot_id,)).fetchone()
+        return self._snapshot_from_row(row) if row else None
+
+    def list_snapshots(self, group: str, states: tuple[SnapshotState, ...] | None = None) -> list[Snapshot]:
+        rows = self.conn.execute(
+            "SELECT * FROM snapshots WHERE group_name=? ORDER BY created, rowid", (group,)).fetchall()
+        snaps = [self._snapshot_from_row(r) for r in rows]
+        if states is not None:
+            snaps = [s for s in snaps if s.state in states]
+        return snaps
+
+    def children_ids(self, snapshot_id: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT snapshot_id FROM snapshots WHERE parent_id=? ORDER BY created, rowid", (snapshot_id,))]
+
+    def parent_id(self, snapshot_id: str) -> str | None:
+        row = self.conn.execute("SELECT parent_id FROM snapshots WHERE snapshot_id=?",
+                                (snapshot_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- journal --------------------------------------------------------------
+
+    def journal_begin(self, group: str, operation: str, snapshot_id: str | None,
+                      payload: dict[str, Any], db) -> int:
+        cur = db.execute(
+            "INSERT INTO journal (group_name, operation, snapshot_id, status, payload, started, pid)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (group, operation, snapshot_id, "open", json.dumps(payload), time.time(), os.getpid()))
+        return int(cur.lastrowid)
+
+    def journal_update(self, op_id: int, payload: dict[str, Any], db) -> None:
+        db.execute("UPDATE journal SET payload=? WHERE op_id=?", (json.dumps(payload), op_id))
+
+    def journal_finish(self, op_id: int, status: str, db, error: str | None = None) -> None:
+        db.execute("UPDATE journal SET status=?, finished=?, error=? WHERE op_id=?",
+                   (status, time.time(), error, op_id))
+
+    def journal_open(self, group: str | None = None) -> list[JournalEntry]:
+        sql = "SELECT * FROM journal WHERE status='open'"
+        args: tuple = ()
+        if group is not None:
+            sql += " AND group_name=?"
+            args = (group,)
+        entries = []
+        for row in self.conn.execute(sql + " ORDER BY op_id", args):
+            entry = JournalEntry(dict(row))
+            entry["payload"] = json.loads(entry["payload"])
+            entries.append(entry)
+        return entries
+
+    def journal_tail(self, group: str | None = None, limit: int = 50) -> list[JournalEntry]:
+        sql = "SELECT * FROM journal"
+        args: tuple = ()
+        if group is not None:
+            sql += " WHERE group_name=?"
+            args = (group,)
+        rows = self.conn.execute(sql + " ORDER BY op_id DESC LIMIT ?", args + (limit,)).fetchall()
+        out = []
+        for row in rows:
+            entry = JournalEntry(dict(row))
+            entry["payload"] = json.loads(entry["payload"])
+            out.append(entry)
+        return out

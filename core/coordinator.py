@@ -1,0 +1,364 @@
+"""Create, revert and delete group snapshots across backends.
+
+Every mutating operation follows one pattern: validate everything (no side
+effects), take the group lock, journal the intent, do the backend work one
+step at a time with a crash checkpoint between steps, then commit catalog
+state and close the journal entry in one transaction.  A failure undoes what
+was made; a crash is finished or undone by :mod:`snaptree.recovery`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+from . import faults
+from .catalog import Catalog
+from .errors import (
+    Conflict,
+    GroupNotFound,
+    InvalidInput,
+    NotSupported,
+    SnaptreeError,
+    SnapshotNotFound,
+)
+from .locking import group_lock
+from .model import Group, MemberSnapshot, OpContext, Snapshot, SnapshotState, Volume
+from .names import check_name
+from .plugins import PluginSet
+
+__all__ = ["Coordinator", "new_snapshot_id"]
+
+
+def new_snapshot_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def batches_for(plugins: PluginSet, volumes: Sequence[Volume]) -> list[tuple[str, list[Volume]]]:
+    """Split volumes into backend calls: one batch per atomic backend, else one each."""
+    out: list[tuple[str, list[Volume]]] = []
+    atomic: dict[str, list[Volume]] = {}
+    for volume in volumes:
+        info = plugins.backend(volume.backend)
+        if info.capabilities.atomic_batch:
+            if volume.backend not in atomic:
+                atomic[volume.backend] = []
+                out.append((volume.backend, atomic[volume.backend]))
+            atomic[volume.backend].append(volume)
+        else:
+            out.append((volume.backend, [volume]))
+    return out
+
+
+class Coordinator:
+    """Runs group operations against a catalog and a plugin set."""
+
+    def __init__(self, catalog: Catalog, plugins: PluginSet, state_dir: str, *,
+                 lock_timeout: float = 30.0, progress: Callable[..., None] | None = None):
+        self.catalog = catalog
+        self.plugins = plugins
+        self.state_dir = state_dir
+        self.lock_timeout = lock_timeout
+        self.progress = progress
+
+    @property
+    def hook(self):
+        return self.plugins.hook
+
+    # -- helpers --------------------------------------------------------------
+
+    def group(self, name: str) -> Group:
+        group = self.catalog.get_group(name)
+        if group is None:
+            raise GroupNotFound(f"no group named {name!r}")
+        return group
+
+    def snapshot(self, group: str, name: str) -> Snapshot:
+        self.group(group)
+        snap = self.catalog.get_snapshot(group, name)
+        if snap is None:
+            raise SnapshotNotFound(f"group {group!r} has no snapshot named {name!r}")
+        return snap
+
+    def context(self, group: Group, snapshot_id: str, name: str, options: dict[str, Any]) -> OpContext:
+        merged = dict(group.options)
+        merged.update(options)
+        ctx = OpContext(group=group, snapshot_id=snapshot_id, snapshot_name=name, options=merged)
+        if self.progress is not None:
+            ctx.progress = self.progress
+        return ctx
+
+    def _call(self, label: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        faults.checkpoint(f"backend:{label}:before")
+        result = fn(**kwargs)
+        faults.checkpoint(f"backend:{label}:after")
+        return result
+
+    def _prepare(self, operation: str, batches, ctx: OpContext, members=None) -> None:
+        by_backend: dict[str, list[Volume]] = {}
+        for backend, volumes in batches:
+            by_backend.setdefault(backend, []).extend(volumes)
+        for backend, volumes in by_backend.items():
+            if members is not None:
+                ctx.scratch["members"] = [m for m in members if m.backend == backend]
+            answered = self.hook.snaptree_prepare(
+                backend=backend, operation=operation, volumes=volumes, ctx=ctx)
+            if answered is None:
+                raise NotSupported(f"no installed plugin implements backend {backend!r}")
+        ctx.scratch.pop("members", None)
+
+    def _default_name(self, group: str) -> str:
+        base = time.strftime("snap-%Y%m%d-%H%M%S")
+        name, n = base, 1
+        while self.catalog.get_snapshot(group, name) is not None:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    # -- create ---------------------------------------------------------------
+
+    def create(self, group_name: str, name: str | None = None, *, description: str = "",
+               memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
+        group = self.group(group_name)
+        if name is None:
+            name = self._default_name(group_name)
+        check_name(name)
+        if not isinstance(description, str) or "\x00" in description or len(description) > 4096:
+            raise InvalidInput("description must be text without NUL, at most 4096 characters")
+        options = dict(options or {})
+        options["memory"] = bool(memory)
+        if memory:
+            if not group.qmp_socket:
+                raise InvalidInput(
+                    f"--memory needs a running VM: group {group_name!r} has no QMP socket")
+        if self.catalog.get_snapshot(group_name, name) is not None:
+            raise Conflict(f"group {group_name!r} already has a snapshot named {name!r}")
+        snapshot_id = new_snapshot_id()
+        ctx = self.context(group, snapshot_id, name, options)
+        batches = batches_for(self.plugins, group.volumes)
+        self._prepare("snapshot", batches, ctx)
+
+        with group_lock(self.state_dir, group_name, self.lock_timeout):
+            group = self.group(group_name)  # re-read under the lock
+            ctx.group = group
+            if self.catalog.get_snapshot(group_name, name) is not None:
+                raise Conflict(f"group {group_name!r} already has a snapshot named {name!r}")
+            parent_id = self.catalog.current_id(group_name)
+            pending = Snapshot(snapshot_id=snapshot_id, group=group_name, name=name,
+                               parent=parent_id, created=time.time(), description=description,
+                               state=SnapshotState.PENDING, options=options)
+            with self.catalog.write("create-begin") as db:
+                op_id = self.catalog.journal_begin(group_name, "create", snapshot_id,
+                                                   {"name": name}, db)
+                db.execute(
+                    "INSERT INTO snapshots (snapshot_id, group_name, name, parent_id, created,"
+                    " description, state, options) VALUES (?,?,?,?,?,?,?,?)",
+                    (snapshot_id, group_name, name, parent_id, pending.created, description,
+                     SnapshotState.PENDING.value, _json(options)))
+            made: list[MemberSnapshot] = []
+            memory_state = None
+            suspended = False
+            try:
+                if memory:
+                    suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
+                                                group=group, ctx=ctx))
+                    if not suspended:
+                        raise NotSupported(
+                            f"no plugin can pause the VM of group {group_name!r} "
+                            f"(QMP socket {group.qmp_socket})")
+                    memory_state = self._call("memory-save", self.hook.snaptree_memory_save,
+                                              group=group, ctx=ctx)
+                    if memory_state is None:
+                        raise NotSupported(f"no plugin can save VM memory for group {group_name!r}")
+                    with self.catalog.write("create-memory") as db:
+                        self.catalog.set_memory(snapshot_id, memory_state, db)
+                total = len(group.volumes)
+                for backend, volumes in batches:
+                    members = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
+                                         backend=backend, volumes=volumes, ctx=ctx)
+                    members = list(members or ())
+                    if len(members) != len(volumes):
+                        made.extend(members)
+                        raise SnaptreeError(
+                            f"backend {backend!r} returned {len(members)} members for "
+                            f"{len(volumes)} volumes")
+                    made.extend(members)
+                    with self.catalog.write("create-members") as db:
+                        self.catalog.add_members(members, db)
+                    ctx.progress(len(made), total, f"snapshot {name}")
+                if suspended:
+                    self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
+                    suspended = False
+                with self.catalog.write("create-commit") as db:
+                    self.catalog.set_state(snapshot_id, SnapshotState.COMPLETE, db)
+                    self.catalog.set_current(group_name, snapshot_id, db)
+                    self.catalog.journal_finish(op_id, "done", db)
+            except BaseException as err:
+                undo_errors = self._undo_create(group, ctx, made, memory_state)
+                if suspended:
+                    try:
+                        self.hook.snaptree_vm_resume(group=group, ctx=ctx)
+                    except Exception as resume_err:  # keep the first error
+                        undo_errors.append(f"resume: {resume_err}")
+                message = str(err) or type(err).__name__
+                if undo_errors:
+                    message += "; undo incomplete (run 'snaptree recover'): " + "; ".join(undo_errors)
+                with self.catalog.write("create-failed") as db:
+                    if undo_errors:
+                        self.catalog.journal_update(op_id, {"name": name, "undo_failed": True}, db)
+                    else:
+                        self.catalog.remove_snapshot_row(snapshot_id, db)
+                        self.catalog.journal_finish(op_id, "failed", db, error=message)
+                if isinstance(err, SnaptreeError) and undo_errors:
+                    err.message = message
+                raise
+        return self.catalog.get_snapshot_by_id(snapshot_id)
+
+    def _undo_create(self, group: Group, ctx: OpContext, made: list[MemberSnapshot],
+                     memory_state) -> list[str]:
+        errors: list[str] = []
+        for member in reversed(made):
+            try:
+                self._call(f"undo:{member.backend}", self.hook.snaptree_delete,
+                           backend=member.backend, members=[member], ctx=ctx)
+            except Exception as err:
+                errors.append(f"{member.backend}:{member.locator}: {err}")
+        if memory_state is not None:
+            try:
+                self.hook.snaptree_memory_delete(group=group, memory=memory_state, ctx=ctx)
+            except Exception as err:
+                errors.append(f"memory: {err}")
+        return errors
+
+    # -- revert ---------------------------------------------------------------
+
+    def revert(self, group_name: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
+        group = self.group(group_name)
+        snap = self.snapshot(group_name, name)
+        if snap.state is not SnapshotState.COMPLETE:
+            raise Conflict(f"snapshot {name!r} is {snap.state.value}, not complete; run 'snaptree recover'")
+        invalid = [m for m in snap.members if not m.valid]
+        if invalid:
+            raise NotSupported(
+                f"snapshot {name!r} cannot be reverted to: member {invalid[0].backend}:"
+                f"{invalid[0].locator} is invalid")
+        options = dict(options or {})
+        options["memory"] = snap.memory is not None
+        ctx = self.context(group, snap.snapshot_id, name, options)
+        ctx.scratch["snapshot"] = snap
+        members_by_spec = {m.volume.spec: m for m in snap.members}
+        missing = [v.spec for v in group.volumes if v.spec not in members_by_spec]
+        if missing:
+            raise NotSupported(f"snapshot {name!r} has no member for {missing[0]}")
+        batches = batches_for(self.plugins, group.volumes)
+        self._prepare("revert", batches, ctx, members=list(snap.members))
+
+        with group_lock(self.state_dir, group_name, self.lock_timeout):
+            previous = self.catalog.current_id(group_name)
+            with self.catalog.write("revert-begin") as db:
+                op_id = self.catalog.journal_begin(
+                    group_name, "revert", snap.snapshot_id, {"previous": previous}, db)
+            done: list[str] = []
+            try:
+                for backend, volumes in batches:
+                    members = [members_by_spec[v.spec] for v in volumes]
+                    self._call(f"revert:{backend}", self.hook.snaptree_revert,
+                               backend=backend, members=members, ctx=ctx)
+                    done.extend(v.spec for v in volumes)
+                    ctx.progress(len(done), len(group.volumes), f"revert {name}")
+                if snap.memory is not None:
+                    restored = self._call("memory-restore", self.hook.snaptree_memory_restore,
+                                          group=group, snapshot=snap, ctx=ctx)
+                    if not restored:
+                        raise NotSupported(f"no plugin can restore VM memory for group {group_name!r}")
+                with self.catalog.write("revert-commit") as db:
+                    self.catalog.set_current(group_name, snap.snapshot_id, db)
+                    self.catalog.journal_finish(op_id, "done", db)
+            except BaseException as err:
+                message = str(err) or type(err).__name__
+                if done:
+                    message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"
+                with self.catalog.write("revert-failed") as db:
+                    self.catalog.journal_finish(op_id, "failed", db, error=message)
+                if isinstance(err, SnaptreeError):
+                    err.message = message
+                raise
+        return self.catalog.get_snapshot_by_id(snap.snapshot_id)
+
+    # -- delete ---------------------------------------------------------------
+
+    def descendants(self, snapshot_id: str) -> list[str]:
+        """Ids of the subtree below ``snapshot_id``, deepest first."""
+        out: list[str] = []
+
+        def walk(sid: str) -> None:
+            for child in self.catalog.children_ids(sid):
+                walk(child)
+                out.append(child)
+
+        walk(snapshot_id)
+        return out
+
+    def delete(self, group_name: str, name: str, *, children: bool = False,
+               options: dict[str, Any] | None = None) -> list[str]:
+        """Delete a snapshot (and its subtree with ``children``); returns names deleted."""
+        group = self.group(group_name)
+        snap = self.snapshot(group_name, name)
+        ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
+        snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
+        batches = batches_for(self.plugins, group.volumes)
+        for s in snaps:
+            ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
+            self._prepare("delete", batches, ctx, members=list(s.members))
+
+        with group_lock(self.state_dir, group_name, self.lock_timeout):
+            with self.catalog.write("delete-begin") as db:
+                op_id = self.catalog.journal_begin(group_name, "delete", snap.snapshot_id,
+                                                   {"ids": ids}, db)
+                for sid in ids:
+                    self.catalog.set_state(sid, SnapshotState.DELETING, db)
+            try:
+                for index, sid in enumerate(ids):
+                    self.delete_one(group, sid, options)
+                    ctx.progress(index + 1, len(ids), f"delete {name}")
+                with self.catalog.write("delete-commit") as db:
+                    self.catalog.journal_finish(op_id, "done", db)
+            except BaseException as err:
+                with self.catalog.write("delete-failed") as db:
+                    self.catalog.journal_update(op_id, {"ids": ids, "error": str(err)}, db)
+                raise
+        return [s.name for s in snaps]
+
+    def delete_one(self, group: Group, snapshot_id: str, options: dict[str, Any] | None = None) -> None:
+        """Remove one snapshot's members and its row; idempotent (used by recover)."""
+        snap = self.catalog.get_snapshot_by_id(snapshot_id)
+        if snap is None:
+            return
+        ctx = self.context(group, snap.snapshot_id, snap.name, dict(options or {}))
+        ctx.scratch["snapshot"] = snap
+        members_by_spec = {m.volume.spec: m for m in snap.members}
+        for backend, volumes in batches_for(self.plugins, group.volumes):
+            members = [members_by_spec[v.spec] for v in volumes if v.spec in members_by_spec]
+            if not members:
+                continue
+            self._call(f"delete:{backend}", self.hook.snaptree_delete,
+                       backend=backend, members=members, ctx=ctx)
+            with self.catalog.write("delete-members") as db:
+                for m in members:
+                    db.execute("DELETE FROM members WHERE snapshot_id=? AND spec=?",
+                               (m.snapshot_id, m.volume.spec))
+        if snap.memory is not None:
+            self._call("memory-delete", self.hook.snaptree_memory_delete,
+                       group=group, memory=snap.memory, ctx=ctx)
+        with self.catalog.write("delete-row") as db:
+            parent = self.catalog.parent_id(snapshot_id)
+            self.catalog.reparent(snapshot_id, parent, db)
+            if self.catalog.current_id(group.name) == snapshot_id:
+                self.catalog.set_current(group.name, parent, db)
+            self.catalog.remove_snapshot_row(snapshot_id, db)
+
+
+def _json(value: Any) -> str:
+    import json
+    return json.dumps(value)

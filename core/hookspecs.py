@@ -1,0 +1,267 @@
+"""Hook specifications: the contract between the coordinator and backends.
+
+A backend is a plugin that implements :func:`snaptree_backends` to register
+itself and the operation hooks below for the volumes it owns.  The operation
+hooks are *firstresult*: every one receives the backend name first, and an
+implementation returns ``None`` for a backend that is not its own so the call
+moves on to the next plugin.  :class:`snaptree.backend.VolumeBackend` does that
+dispatch for you; implementing the hooks by hand is equally supported.
+
+Cross-cutting plugins (audit logs, timing, fsfreeze, locking) wrap the
+operation hooks with ``@hookimpl(wrapper=True)``; see :mod:`snaptree.audit`.
+
+Errors: raise subclasses of :class:`snaptree.errors.SnaptreeError`.  Wrap every
+lower-layer exception once, at your I/O boundary (``snaptree.runner`` does it
+for subprocesses).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .markers import hookspec
+from .model import (
+    BackendInfo,
+    Group,
+    MemberSnapshot,
+    MemoryState,
+    OpContext,
+    Snapshot,
+    SpaceUsage,
+    Volume,
+)
+
+# -- registration ------------------------------------------------------------
+
+
+@hookspec
+def snaptree_backends() -> Sequence[BackendInfo]:
+    """Register the backends this plugin provides.
+
+    Return a list of :class:`snaptree.model.BackendInfo`, one per backend, with
+    its name (the ``BACKEND`` in a ``BACKEND:LOCATOR`` volume spec) and its
+    :class:`snaptree.model.Capabilities`.  The coordinator never asks a
+    backend for something its capabilities do not declare.
+
+    Two plugins registering the same name is an error naming both providers.
+
+    :returns: a list of backend descriptions (may be empty).
+    """
+
+
+@hookspec
+def snaptree_claim_volume(backend: str, locator: str) -> Volume | None:
+    """Claim a volume given as ``BACKEND:LOCATOR``.
+
+    Return a :class:`snaptree.model.Volume` with the locator normalised (an
+    absolute, resolved path; ``vg/lv``) if ``backend`` is yours and the
+    locator is well-formed; return ``None`` otherwise.  Raise
+    :class:`~snaptree.errors.InvalidInput` for a malformed locator and
+    :class:`~snaptree.errors.VolumeNotFound` when the volume does not exist.
+
+    Exactly one plugin must claim a volume; the coordinator refuses a spec
+    claimed by none or by several.
+
+    :param backend: the backend name from the spec.
+    :param locator: everything after the first ``:``, unvalidated user input.
+    """
+
+
+# -- the operations (all firstresult, dispatched by backend name) -------------
+
+
+@hookspec(firstresult=True)
+def snaptree_prepare(
+    backend: str, operation: str, volumes: Sequence[Volume], ctx: OpContext
+) -> bool | None:
+    """Check that ``operation`` can run on ``volumes``, without side effects.
+
+    Called for every backend of a group before anything is changed, so that a
+    failure here leaves nothing to undo.  Check that volumes exist and are not
+    in use in a way you cannot handle, that tools are installed, that options
+    in ``ctx.options`` are valid, and (for ``"revert"``/``"delete"``) that the
+    members in ``ctx.scratch["members"]`` can be reverted to or removed.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param operation: ``"snapshot"``, ``"revert"`` or ``"delete"``.
+    :param volumes: the group's volumes that belong to ``backend``.
+    :param ctx: the operation's context.
+    :returns: ``True`` when the checks passed; raise on failure.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_snapshot(
+    backend: str, volumes: Sequence[Volume], ctx: OpContext
+) -> Sequence[MemberSnapshot] | None:
+    """Snapshot ``volumes`` and describe the member snapshots made.
+
+    A backend whose capabilities declare ``atomic_batch`` receives every
+    volume of the group it owns in one call and must snapshot all or none;
+    other backends receive one volume per call.  Name storage objects with
+    ``ctx.snapshot_id`` so that :func:`snaptree_list` can recognise them.
+
+    If you raise, leave nothing behind for the volumes of this call; the
+    coordinator undoes members made by earlier calls with
+    :func:`snaptree_delete`.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param volumes: the volumes to snapshot, in group order.
+    :param ctx: the operation's context (``ctx.options["memory"]`` is true
+        when VM memory is being saved with this snapshot).
+    :returns: one :class:`~snaptree.model.MemberSnapshot` per volume, in order.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_revert(
+    backend: str, members: Sequence[MemberSnapshot], ctx: OpContext
+) -> bool | None:
+    """Bring each member's volume back to the content of that member.
+
+    Other snapshots must survive a revert when the backend declares
+    ``revert_to_any``.  Make the switch atomic per volume where you can (a
+    rename, a QMP job), so that a crash leaves either the old or the new
+    content.  Reverting twice to the same member must give the same result,
+    because :func:`snaptree_recover_volume` and ``snaptree recover`` may redo
+    a revert that a crash interrupted.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param members: one member per volume (all of the group's volumes of this
+        backend for ``atomic_batch`` backends, otherwise one).
+    :param ctx: the operation's context.
+    :returns: ``True`` when done; raise on failure.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_delete(
+    backend: str, members: Sequence[MemberSnapshot], ctx: OpContext
+) -> bool | None:
+    """Remove the storage held by ``members``.
+
+    Used both to delete snapshots and to undo members of a group snapshot that
+    failed.  A member already gone is not an error (deletes are retried after
+    a crash).
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param members: the members to remove.
+    :param ctx: the operation's context.
+    :returns: ``True`` when done; raise on failure.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_list(backend: str, volume: Volume) -> Sequence[MemberSnapshot] | None:
+    """List the member snapshots that exist on storage for ``volume``.
+
+    This is the backend's own view, not the catalog's: ``snaptree recover``
+    and ``snaptree check`` compare the two to find orphans and missing
+    members.  Report only objects snaptree made (their names carry a
+    snapshot id); set ``valid=False`` for members that can no longer be
+    reverted to (an overflowed LVM snapshot).
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param volume: a claimed volume.
+    :returns: the members found, possibly empty.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_space_used(backend: str, member: MemberSnapshot) -> SpaceUsage | None:
+    """Report the space a member snapshot holds.
+
+    Return ``SpaceUsage(None, None)`` when the backend cannot tell.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param member: a member from the catalog.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_recover_volume(backend: str, volume: Volume) -> Sequence[str] | None:
+    """Finish or clean up backend-private leftovers on ``volume``.
+
+    Called by ``snaptree recover`` for every volume, after a crash or not:
+    remove temporary files of an interrupted copy, finish a deferred merge,
+    drop half-made overlays.  Must be safe to call at any time, including
+    when nothing needs doing.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param volume: a claimed volume.
+    :returns: human-readable lines describing what was done (may be empty).
+    """
+
+
+# -- VM state (the ``xl snapshot`` / ``virsh snapshot-create`` flow) ----------
+
+
+@hookspec(firstresult=True)
+def snaptree_vm_suspend(group: Group, ctx: OpContext) -> bool | None:
+    """Pause the VM that owns ``group`` so its disks and memory stop changing.
+
+    Implemented by plugins that can talk to the VM (the qcow2 plugin, over
+    the group's QMP socket).  Return ``None`` if the group has no VM you can
+    reach.  :func:`snaptree_vm_resume` is always called afterwards, also on
+    failure, when this returned ``True``.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_vm_resume(group: Group, ctx: OpContext) -> bool | None:
+    """Resume a VM paused by :func:`snaptree_vm_suspend`.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_memory_save(group: Group, ctx: OpContext) -> MemoryState | None:
+    """Save the paused VM's memory for the snapshot ``ctx.snapshot_id``.
+
+    Called after :func:`snaptree_vm_suspend` and before the disks are
+    snapshotted.  If the memory goes inside the disks (a qcow2 ``vmstate``),
+    you may defer the work to your :func:`snaptree_snapshot` and return a
+    :class:`~snaptree.model.MemoryState` that says where it will be.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_memory_restore(
+    group: Group, snapshot: Snapshot, ctx: OpContext
+) -> bool | None:
+    """Bring the VM back running at ``snapshot``, memory included.
+
+    Called by revert, after the disks were reverted, for a snapshot that has
+    a memory state.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_memory_delete(
+    group: Group, memory: MemoryState, ctx: OpContext
+) -> bool | None:
+    """Remove a saved memory state (a memory file).  Gone already is fine.
+
+    Stops at first non-None result.
+    """

@@ -1,0 +1,66 @@
+"""Validation of names and volume specs that come from users."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+from .errors import InvalidInput
+
+__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path"]
+
+MAX_NAME_LENGTH = 64
+
+
+def check_name(name: object, what: str = "snapshot name") -> str:
+    """Return ``name`` if it is a valid snapshot or group name, else raise.
+
+    Rules: 1 to 64 characters; no ``/``, NUL or other control characters;
+    no leading ``-`` or ``.``; no surrounding whitespace.
+    """
+    if not isinstance(name, str):
+        raise InvalidInput(f"{what} must be a string")
+    if not name:
+        raise InvalidInput(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"{what} is {len(name)} characters long; at most {MAX_NAME_LENGTH} allowed")
+    if name[0] in "-.":
+        raise InvalidInput(f"{what} {name!r} must not start with {name[0]!r}")
+    if name != name.strip():
+        raise InvalidInput(f"{what} {name!r} must not start or end with whitespace")
+    for ch in name:
+        if ch == "/":
+            raise InvalidInput(f"{what} {name!r} must not contain '/'")
+        if ch == "\\":
+            raise InvalidInput(f"{what} {name!r} must not contain '\\'")
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Cs", "Co", "Cn", "Zl", "Zp"):
+            raise InvalidInput(f"{what} {name!r} contains a control or invalid character")
+    return name
+
+
+def split_spec(spec: object) -> tuple[str, str]:
+    """Split ``BACKEND:LOCATOR`` into its two parts, checking only the shape."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise InvalidInput(f"volume spec {spec!r} must look like BACKEND:LOCATOR, e.g. raw:/var/lib/images/d.img")
+    backend, locator = spec.split(":", 1)
+    if not backend or not backend.replace("_", "").replace("-", "").isalnum() or not backend.isascii():
+        raise InvalidInput(f"volume spec {spec!r} has an invalid backend name {backend!r}")
+    if not locator:
+        raise InvalidInput(f"volume spec {spec!r} has an empty locator")
+    if "\x00" in locator or any(unicodedata.category(c) == "Cc" for c in locator):
+        raise InvalidInput(f"volume spec {spec!r} contains control characters")
+    return backend, locator
+
+
+def check_abs_path(locator: str, what: str = "path") -> str:
+    """Return the normalised absolute path of ``locator``; refuse relative ones.
+
+    Relative paths are refused rather than resolved against the working
+    directory, because the catalog outlives the caller's cwd.
+    """
+    if not os.path.isabs(locator):
+        raise InvalidInput(f"{what} {locator!r} must be absolute")
+    if len(locator.encode("utf-8", "surrogateescape")) > 4000:
+        raise InvalidInput(f"{what} is too long")
+    return os.path.realpath(locator)

@@ -1,0 +1,106 @@
+"""Plugin manager: loads backends from the ``snaptree`` entry-point group.
+
+Our own backends are found there exactly like a third party's.  The
+environment variable ``SNAPTREE_PLUGINS`` narrows which entry points load: a
+comma-separated list of entry-point names (``raw,btrfs``); empty loads none.
+A broken entry point is logged and skipped, and listed by ``snaptree
+backends``; two backends with one name are an error naming both providers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from typing import Iterable
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import BackendNotFound, PluginError
+from .markers import PROJECT_NAME
+from .model import BackendInfo
+
+__all__ = ["PluginSet", "ENTRY_POINT_GROUP", "ENV_PLUGINS"]
+
+log = logging.getLogger("snaptree.plugins")
+
+ENTRY_POINT_GROUP = "snaptree"
+ENV_PLUGINS = "SNAPTREE_PLUGINS"
+
+
+def _wanted_names() -> set[str] | None:
+    value = os.environ.get(ENV_PLUGINS)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+class PluginSet:
+    """A pluggy manager plus the backends its plugins registered."""
+
+    def __init__(self, plugins: Iterable[object] = (), *, load_entrypoints: bool = True):
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        #: entry-point name -> one-line reason it failed to load
+        self.broken: dict[str, str] = {}
+        if load_entrypoints:
+            self._load_entrypoints()
+        for plugin in plugins:
+            self.register(plugin)
+        self._backends: dict[str, BackendInfo] | None = None
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        self.pm.register(plugin, name=name)
+        self._backends = None
+
+    def unregister(self, plugin: object) -> None:
+        self.pm.unregister(plugin)
+        self._backends = None
+
+    def _load_entrypoints(self) -> None:
+        wanted = _wanted_names()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if wanted is not None and ep.name not in wanted:
+                continue
+            if self.pm.get_plugin(ep.name) is not None or self.pm.is_blocked(ep.name):
+                continue
+            try:
+                module = ep.load()
+                plugin = getattr(module, "plugin", module)
+                self.pm.register(plugin, name=ep.name)
+            except Exception as err:  # a broken third-party plugin must not stop us
+                reason = f"{type(err).__name__}: {err}"
+                self.broken[ep.name] = reason
+                log.warning("skipping snaptree plugin %r: %s", ep.name, reason)
+
+    @property
+    def backends(self) -> dict[str, BackendInfo]:
+        """Registered backends by name, checked for duplicates."""
+        if self._backends is None:
+            found: dict[str, BackendInfo] = {}
+            for impl in self.pm.hook.snaptree_backends.get_hookimpls():
+                provider = impl.plugin_name
+                for info in impl.function() or ():
+                    if not isinstance(info, BackendInfo):
+                        raise PluginError(
+                            f"plugin {provider!r} registered {info!r}, not a BackendInfo")
+                    if info.name in found:
+                        raise PluginError(
+                            f"backend {info.name!r} is registered twice: by "
+                            f"{found[info.name].provider!r} and by {provider!r}")
+                    found[info.name] = attrs.evolve(info, provider=provider)
+            self._backends = found
+        return self._backends
+
+    def backend(self, name: str) -> BackendInfo:
+        try:
+            return self.backends[name]
+        except KeyError:
+            known = ", ".join(sorted(self.backends)) or "none"
+            raise BackendNotFound(f"unknown backend {name!r} (installed: {known})") from None

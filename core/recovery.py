@@ -1,0 +1,185 @@
+"""Finish or undo what a crash left half-done, and report drift.
+
+``recover`` reads the journal's open entries.  Creates are rolled back (every
+member that carries the snapshot id is removed, found through each backend's
+``snaptree_list``), deletes and reverts are rolled forward.  Groups whose
+lock is held are skipped: a held lock means a live process is working there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .coordinator import Coordinator, batches_for
+from .errors import SnaptreeError
+from .locking import try_group_lock
+from .model import Group, MemberSnapshot, SnapshotState
+
+__all__ = ["recover", "check", "RecoveryReport", "DriftReport"]
+
+
+@attrs.define
+class RecoveryReport:
+    actions: list[str] = attrs.field(factory=list)
+    skipped_groups: list[str] = attrs.field(factory=list)
+    errors: list[str] = attrs.field(factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class DriftReport:
+    group: str
+    #: catalog members whose storage object is gone
+    missing: list[dict[str, str]] = attrs.field(factory=list)
+    #: storage objects made by snaptree that the catalog does not know
+    orphans: list[dict[str, str]] = attrs.field(factory=list)
+    #: storage objects made by other tools
+    foreign: list[dict[str, str]] = attrs.field(factory=list)
+    #: members that can no longer be reverted to
+    invalid: list[dict[str, str]] = attrs.field(factory=list)
+    #: snapshots not in state complete
+    unfinished: list[dict[str, str]] = attrs.field(factory=list)
+    #: volumes that could not be listed, with the reason
+    unreadable: list[dict[str, str]] = attrs.field(factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.orphans or self.invalid or self.unfinished or self.unreadable)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        out["clean"] = self.clean
+        return out
+
+
+def _storage_members(coord: Coordinator, group: Group) -> dict[str, list[MemberSnapshot]]:
+    found: dict[str, list[MemberSnapshot]] = {}
+    for volume in group.volumes:
+        listed = coord.hook.snaptree_list(backend=volume.backend, volume=volume)
+        found[volume.spec] = list(listed or ())
+    return found
+
+
+def recover(coord: Coordinator, group_name: str | None = None) -> RecoveryReport:
+    report = RecoveryReport()
+    catalog = coord.catalog
+    groups = [group_name] if group_name else catalog.group_names()
+    for name in groups:
+        group = catalog.get_group(name)
+        if group is None:
+            continue
+        with try_group_lock(coord.state_dir, name) as taken:
+            if not taken:
+                if catalog.journal_open(name):
+                    report.skipped_groups.append(name)
+                continue
+            try:
+                _recover_group(coord, group, report)
+            except SnaptreeError as err:
+                report.errors.append(f"{name}: {err.one_line()}")
+    return report
+
+
+def _recover_group(coord: Coordinator, group: Group, report: RecoveryReport) -> None:
+    catalog = coord.catalog
+    entries = catalog.journal_open(group.name)
+    for volume in group.volumes:
+        for line in coord.hook.snaptree_recover_volume(backend=volume.backend, volume=volume) or ():
+            report.actions.append(f"{group.name}: {volume.spec}: {line}")
+    if not entries:
+        return
+    for entry in entries:
+        op = entry["operation"]
+        sid = entry["snapshot_id"]
+        if op == "create":
+            _rollback_create(coord, group, sid, report)
+            with catalog.write("recover-create") as db:
+                catalog.journal_finish(entry["op_id"], "rolled-back", db, error="interrupted")
+        elif op == "delete":
+            for each in entry["payload"].get("ids", [sid]):
+                coord.delete_one(group, each)
+                report.actions.append(f"{group.name}: finished deleting snapshot {each}")
+            with catalog.write("recover-delete") as db:
+                catalog.journal_finish(entry["op_id"], "done", db, error="finished by recover")
+        elif op == "revert":
+            snap = catalog.get_snapshot_by_id(sid)
+            if snap is not None and snap.state is SnapshotState.COMPLETE:
+                _redo_revert(coord, group, snap)
+                report.actions.append(f"{group.name}: finished reverting to {snap.name!r}")
+                with catalog.write("recover-revert") as db:
+                    catalog.set_current(group.name, sid, db)
+                    catalog.journal_finish(entry["op_id"], "done", db, error="finished by recover")
+            else:
+                with catalog.write("recover-revert") as db:
+                    catalog.journal_finish(entry["op_id"], "abandoned", db, error="target gone")
+        else:
+            with catalog.write("recover-unknown") as db:
+                catalog.journal_finish(entry["op_id"], "abandoned", db, error=f"unknown op {op}")
+
+
+def _rollback_create(coord: Coordinator, group: Group, snapshot_id: str, report: RecoveryReport) -> None:
+    catalog = coord.catalog
+    snap = catalog.get_snapshot_by_id(snapshot_id)
+    name = snap.name if snap else snapshot_id
+    ctx = coord.context(group, snapshot_id, name, {})
+    known = {m.volume.spec: m for m in (snap.members if snap else ())}
+    on_storage = _storage_members(coord, group)
+    for volume in group.volumes:
+        targets = [m for m in on_storage.get(volume.spec, []) if m.snapshot_id == snapshot_id]
+        if not targets and volume.spec in known:
+            targets = [known[volume.spec]]
+        if targets:
+            coord.hook.snaptree_delete(backend=volume.backend, members=targets, ctx=ctx)
+            report.actions.append(f"{group.name}: removed half-made member of {name!r} on {volume.spec}")
+    if snap is not None and snap.memory is not None:
+        coord.hook.snaptree_memory_delete(group=group, memory=snap.memory, ctx=ctx)
+    with catalog.write("recover-create-row") as db:
+        catalog.remove_snapshot_row(snapshot_id, db)
+    report.actions.append(f"{group.name}: rolled back interrupted create of {name!r}")
+
+
+def _redo_revert(coord: Coordinator, group: Group, snap) -> None:
+    ctx = coord.context(group, snap.snapshot_id, snap.name, {"memory": False})
+    ctx.scratch["snapshot"] = snap
+    by_spec = {m.volume.spec: m for m in snap.members}
+    for backend, volumes in batches_for(coord.plugins, group.volumes):
+        members = [by_spec[v.spec] for v in volumes if v.spec in by_spec]
+        if members:
+            coord.hook.snaptree_revert(backend=backend, members=members, ctx=ctx)
+
+
+def check(coord: Coordinator, group_name: str) -> DriftReport:
+    group = coord.group(group_name)
+    report = DriftReport(group=group_name)
+    snaps = coord.catalog.list_snapshots(group_name)
+    for snap in snaps:
+        if snap.state is not SnapshotState.COMPLETE:
+            report.unfinished.append({"snapshot": snap.name, "state": snap.state.value})
+    known_ids = {s.snapshot_id: s for s in snaps}
+    for volume in group.volumes:
+        try:
+            listed = list(coord.hook.snaptree_list(backend=volume.backend, volume=volume) or ())
+        except SnaptreeError as err:
+            report.unreadable.append({"volume": volume.spec, "error": err.one_line()})
+            continue
+        stored_ids = set()
+        for m in listed:
+            if not m.snapshot_id:
+                report.foreign.append({"volume": volume.spec, "ref": m.ref})
+                continue
+            stored_ids.add(m.snapshot_id)
+            if m.snapshot_id not in known_ids:
+                report.orphans.append({"volume": volume.spec, "ref": m.ref, "snapshot_id": m.snapshot_id})
+            elif not m.valid:
+                report.invalid.append({"volume": volume.spec, "ref": m.ref,
+                                       "snapshot": known_ids[m.snapshot_id].name})
+        for snap in snaps:
+            member = next((m for m in snap.members if m.volume.spec == volume.spec), None)
+            if snap.state is SnapshotState.COMPLETE and (member is None or snap.snapshot_id not in stored_ids):
+                report.missing.append({"volume": volume.spec, "snapshot": snap.name,
+                                       "ref": member.ref if member else ""})
+    return report

@@ -1,0 +1,1 @@
+"""snaptree's btrfs backend (entry point ``btrfs``): not written yet."""

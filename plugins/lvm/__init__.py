@@ -1,0 +1,1 @@
+"""snaptree's lvm backend (entry point ``lvm``): not written yet."""
