@@ -7,6 +7,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
 from .errors import Conflict, InvalidInput, NotSupported, PluginError, VolumeNotFound
@@ -32,13 +33,17 @@ class Snaptree:
     :param lock_timeout: seconds to wait for a busy group before raising Busy.
     :param progress: ``callable(done, total, label)`` for long work.
     :param auto_recover: run :meth:`recover` on a group before mutating it.
+    :param audit: keep ``STATE_DIR/audit.jsonl``, one line per backend call.
     """
 
     def __init__(self, state_dir: str | None = None, *, plugins: Iterable[object] = (),
                  load_entrypoints: bool = True, lock_timeout: float = 30.0,
-                 progress: Callable[..., None] | None = None, auto_recover: bool = True):
+                 progress: Callable[..., None] | None = None, auto_recover: bool = True,
+                 audit: bool = True):
         self.state_dir = ensure_state_dir(state_dir or default_state_dir())
         self.plugins = PluginSet(plugins, load_entrypoints=load_entrypoints)
+        if audit:
+            self.plugins.register(AuditLog(os.path.join(self.state_dir, "audit.jsonl")), "audit")
         self.catalog = Catalog(os.path.join(self.state_dir, CATALOG_FILE))
         self.coordinator = Coordinator(self.catalog, self.plugins, self.state_dir,
                                        lock_timeout=lock_timeout, progress=progress)

@@ -8,6 +8,8 @@ call, each catalog write).  Nothing happens unless the environment asks:
     as a power cut would.  The crash harness in ``tests/`` walks N upwards.
 ``SNAPTREE_CHECKPOINT_LOG=PATH``
     each checkpoint appends its label to PATH, so a harness can count them.
+``SNAPTREE_KILL_AT_LABEL=PREFIX``
+    SIGKILL at the first checkpoint whose label starts with PREFIX.
 ``SNAPTREE_FAIL_AT=LABEL``
     the first checkpoint whose label starts with LABEL raises
     :class:`~snaptree.errors.BackendError` instead (an injected failure).
@@ -40,6 +42,9 @@ def checkpoint(label: str) -> None:
             log.write(f"{_count}\t{label}\n")
     kill_at = os.environ.get("SNAPTREE_KILL_AT")
     if kill_at and kill_at.isdigit() and int(kill_at) == _count:
+        os.kill(os.getpid(), signal.SIGKILL)
+    kill_label = os.environ.get("SNAPTREE_KILL_AT_LABEL")
+    if kill_label and label.startswith(kill_label):
         os.kill(os.getpid(), signal.SIGKILL)
     fail_at = os.environ.get("SNAPTREE_FAIL_AT")
     if fail_at and label.startswith(fail_at):

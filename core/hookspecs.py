@@ -265,3 +265,30 @@ def snaptree_memory_delete(
 
     Stops at first non-None result.
     """
+
+
+# -- optional extensions --------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def snaptree_map_snapshot(backend: str, member: MemberSnapshot) -> Sequence[str] | None:
+    """Expose the partitions inside a member snapshot as read-only devices.
+
+    Used by ``snaptree map``.  Wait until the device nodes exist before
+    returning (see :mod:`snaptree.devices`).
+
+    Stops at first non-None result.
+
+    :returns: the device paths made (one per partition), or ``None`` if
+        ``backend`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_unmap_snapshot(backend: str, member: MemberSnapshot) -> Sequence[str] | None:
+    """Remove the devices :func:`snaptree_map_snapshot` made.  Gone is fine.
+
+    Stops at first non-None result.
+
+    :returns: the device paths removed, or ``None`` if ``backend`` is not yours.
+    """

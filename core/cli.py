@@ -1,0 +1,300 @@
+"""The ``snaptree`` command, named after ``virsh snapshot-*``.
+
+Read commands take ``--json``.  Errors are one line on stderr with a distinct
+exit status per class (see :mod:`snaptree.errors`); never a traceback unless
+``--debug`` asks for one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from .api import Snaptree
+from .errors import InvalidInput, SnaptreeError
+from .progress import ProgressBar
+from .render import group_dict, snapshot_dict, tree_lines, when
+
+__all__ = ["main", "build_parser"]
+
+EXIT_DRIFT = 11
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print machine-readable JSON")
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise InvalidInput(f"option {pair!r} must look like KEY=VALUE")
+        key, value = pair.split("=", 1)
+        if not key:
+            raise InvalidInput(f"option {pair!r} has an empty key")
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snaptree", description=(
+        "Point-in-time snapshots of VM disks and volumes, through pluggable backends."))
+    parser.add_argument("--state-dir", help="catalog directory (default: $SNAPTREE_STATE_DIR, "
+                        "/var/lib/snaptree as root, else ~/.local/state/snaptree)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                        help="wait this long for a busy group before failing (default 30)")
+    parser.add_argument("--debug", action="store_true", help="log backend commands; tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    group = sub.add_parser("group", help="manage groups of volumes")
+    gsub = group.add_subparsers(dest="group_command", metavar="ACTION", required=True)
+    p = gsub.add_parser("create", help="create a group from volume specs BACKEND:LOCATOR")
+    p.add_argument("name")
+    p.add_argument("volumes", nargs="+", metavar="BACKEND:LOCATOR")
+    p.add_argument("--qmp", metavar="SOCKET", help="QMP socket of the QEMU owning the disks")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                   help="backend option, e.g. qcow2.mode=external")
+    p = gsub.add_parser("list", help="list groups")
+    _json_flag(p)
+    p = gsub.add_parser("show", help="show one group")
+    p.add_argument("name")
+    _json_flag(p)
+    p = gsub.add_parser("delete", help="forget a group")
+    p.add_argument("name")
+    p.add_argument("--with-snapshots", action="store_true", help="delete its snapshots too")
+
+    p = sub.add_parser("create", help="snapshot every volume of a group")
+    p.add_argument("group")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--description", "-d", default="")
+    p.add_argument("--memory", action="store_true", help="save VM memory too (needs --qmp group)")
+    p.add_argument("--mode", choices=["internal", "external"], help="qcow2 snapshot kind")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE")
+    _json_flag(p)
+
+    p = sub.add_parser("list", help="list a group's snapshots")
+    p.add_argument("group")
+    p.add_argument("--tree", action="store_true", help="draw the snapshot tree")
+    _json_flag(p)
+    for name, help_text in (("current", "the current snapshot"),):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("group")
+        _json_flag(p)
+    for name, help_text in (("parent", "a snapshot's parent"), ("info", "details of a snapshot")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("group")
+        p.add_argument("name")
+        _json_flag(p)
+    p = sub.add_parser("revert", help="revert a group to a snapshot")
+    p.add_argument("group")
+    p.add_argument("name")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE")
+    _json_flag(p)
+    p = sub.add_parser("delete", help="delete a snapshot (children are re-parented)")
+    p.add_argument("group")
+    p.add_argument("name")
+    p.add_argument("--children", action="store_true", help="delete the whole subtree")
+    _json_flag(p)
+    p = sub.add_parser("check", help="report drift between the catalog and storage")
+    p.add_argument("group")
+    _json_flag(p)
+    p = sub.add_parser("recover", help="finish or undo operations a crash interrupted")
+    p.add_argument("group", nargs="?")
+    _json_flag(p)
+    p = sub.add_parser("backends", help="installed backends and their capabilities")
+    _json_flag(p)
+    p = sub.add_parser("journal", help="recent operations")
+    p.add_argument("group", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    _json_flag(p)
+    _add_extension_commands(sub)
+    return parser
+
+
+def _add_extension_commands(sub) -> None:
+    """Commands whose work lives in a backend plugin (LVM's map/unmap)."""
+    p = sub.add_parser("map", help="expose the partitions inside a snapshot (read-only)")
+    p.add_argument("group")
+    p.add_argument("name")
+    _json_flag(p)
+    p = sub.add_parser("unmap", help="remove partition mappings made by 'map'")
+    p.add_argument("group")
+    p.add_argument("name")
+    _json_flag(p)
+
+
+class Output:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: str | Sequence[str]) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        elif isinstance(text, str):
+            if text:
+                print(text)
+        else:
+            for line in text:
+                print(line)
+
+
+def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
+    cmd = args.command
+    if cmd == "group":
+        action = args.group_command
+        if action == "create":
+            g = api.create_group(args.name, args.volumes, qmp_socket=args.qmp,
+                                 options=_options(args.option))
+            out.emit(group_dict(g), f"group {g.name!r} created with {len(g.volumes)} volume(s)")
+        elif action == "list":
+            groups = api.list_groups()
+            rows = [group_dict(g, len(api.list(g.name))) for g in groups]
+            out.emit(rows, [f"{r['name']:<24} {len(r['volumes'])} volume(s)  {r['snapshots']} snapshot(s)"
+                            f"  current: {r['current'] or '-'}" for r in rows] or ["(no groups)"])
+        elif action == "show":
+            g = api.group(args.name)
+            data = group_dict(g, len(api.list(g.name)))
+            lines = [f"group:    {g.name}", f"created:  {when(g.created)}",
+                     f"current:  {g.current or '-'}", f"qmp:      {g.qmp_socket or '-'}"]
+            lines += [f"volume:   {v.spec}" for v in g.volumes]
+            lines += [f"option:   {k}={v}" for k, v in g.options.items()]
+            out.emit(data, lines)
+        elif action == "delete":
+            api.delete_group(args.name, with_snapshots=args.with_snapshots)
+            out.emit({"deleted": args.name}, f"group {args.name!r} deleted")
+        return 0
+    if cmd == "create":
+        options = _options(args.option)
+        if args.mode:
+            options["qcow2.mode"] = args.mode
+        snap = api.create(args.group, args.name, description=args.description,
+                          memory=args.memory, options=options)
+        out.emit(snapshot_dict(snap), f"snapshot {snap.name!r} of group {args.group!r} created")
+        return 0
+    if cmd == "list":
+        current = api.group(args.group).current
+        if args.tree:
+            tree = api.tree(args.group)
+            out.emit(tree, tree_lines(tree) or ["(no snapshots)"])
+        else:
+            snaps = api.list(args.group)
+            rows = [snapshot_dict(s, current) for s in snaps]
+            lines = [f"{'NAME':<24} {'CREATED':<26} {'PARENT':<24} STATE"]
+            lines += [f"{s.name + (' *' if s.name == current else ''):<24} {when(s.created):<26} "
+                      f"{s.parent or '-':<24} {s.state.value}" for s in snaps]
+            out.emit(rows, lines if snaps else ["(no snapshots)"])
+        return 0
+    if cmd == "current":
+        snap = api.current(args.group)
+        out.emit(None if snap is None else snapshot_dict(snap), snap.name if snap else "(none)")
+        return 0
+    if cmd == "parent":
+        snap = api.parent(args.group, args.name)
+        out.emit(None if snap is None else snapshot_dict(snap), snap.name if snap else "(none)")
+        return 0
+    if cmd == "info":
+        snap = api.info(args.group, args.name)
+        current = api.group(args.group).current
+        data = snapshot_dict(snap, current)
+        usage = api.space_used(args.group, args.name)
+        for member in data["members"]:
+            u = usage.get(member["volume"])
+            member["space"] = {"exclusive_bytes": u.exclusive_bytes,
+                               "referenced_bytes": u.referenced_bytes} if u else None
+        lines = [f"name:        {snap.name}", f"id:          {snap.snapshot_id}",
+                 f"group:       {snap.group}", f"parent:      {snap.parent or '-'}",
+                 f"created:     {when(snap.created)}", f"state:       {snap.state.value}",
+                 f"current:     {'yes' if snap.name == current else 'no'}",
+                 f"description: {snap.description or '-'}",
+                 f"memory:      {snap.memory.kind + ' ' + snap.memory.ref if snap.memory else 'no'}"]
+        for member in data["members"]:
+            space = member["space"] or {}
+            used = space.get("exclusive_bytes") or space.get("referenced_bytes")
+            lines.append(f"member:      {member['volume']} -> {member['ref']}"
+                         f"{'' if member['valid'] else ' (INVALID)'}"
+                         f"{f'  [{used} bytes]' if used is not None else ''}")
+        out.emit(data, lines)
+        return 0
+    if cmd == "revert":
+        snap = api.revert(args.group, args.name, options=_options(args.option))
+        out.emit(snapshot_dict(snap), f"group {args.group!r} reverted to {snap.name!r}")
+        return 0
+    if cmd == "delete":
+        names = api.delete(args.group, args.name, children=args.children)
+        out.emit({"deleted": names}, f"deleted {', '.join(repr(n) for n in names)}")
+        return 0
+    if cmd == "check":
+        report = api.check(args.group)
+        data = report.as_dict()
+        lines = [f"group {args.group!r}: {'clean' if report.clean else 'DRIFT'}"]
+        for kind in ("missing", "orphans", "invalid", "unfinished", "unreadable", "foreign"):
+            for item in data[kind]:
+                lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in item.items()))
+        out.emit(data, lines)
+        return 0 if report.clean else EXIT_DRIFT
+    if cmd == "recover":
+        report = api.recover(args.group)
+        lines = report.actions or ["nothing to recover"]
+        lines += [f"skipped busy group {g!r}" for g in report.skipped_groups]
+        lines += [f"error: {e}" for e in report.errors]
+        out.emit(report.as_dict(), lines)
+        return 6 if report.errors else 0
+    if cmd == "backends":
+        rows = api.backends()
+        lines = []
+        for r in rows:
+            if "broken" in r:
+                lines.append(f"{r['name']:<8} BROKEN: {r['broken']}")
+                continue
+            caps = [k for k, v in r["capabilities"].items() if v]
+            missing = f"  missing tools: {', '.join(r['missing_tools'])}" if r["missing_tools"] else ""
+            lines.append(f"{r['name']:<8} {r['description']}\n         capabilities: {', '.join(caps)}{missing}")
+        out.emit(rows, lines or ["(no backends installed)"])
+        return 0
+    if cmd == "journal":
+        entries = api.journal(args.group, args.limit)
+        lines = [f"{e['op_id']:>5} {when(e['started'])} {e['group_name']:<16} {e['operation']:<7} "
+                 f"{e['status']}{' - ' + e['error'] if e.get('error') else ''}" for e in entries]
+        out.emit(entries, lines or ["(empty journal)"])
+        return 0
+    if cmd in ("map", "unmap"):
+        from .extensions import run_mapping
+        data, lines = run_mapping(api, cmd, args.group, args.name)
+        out.emit(data, lines)
+        return 0
+    raise InvalidInput(f"unknown command {cmd!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="snaptree: %(levelname)s: %(message)s")
+    out = Output(bool(getattr(args, "json", False)))
+    progress = ProgressBar()
+    try:
+        with Snaptree(args.state_dir, lock_timeout=args.wait, progress=progress) as api:
+            try:
+                return _run(args, api, out)
+            finally:
+                progress.close()
+    except SnaptreeError as err:
+        if args.debug:
+            logging.exception("failed")
+        print(f"snaptree: error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("snaptree: interrupted; run 'snaptree recover' if an operation was cut short",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug; still one line unless --debug
+        if args.debug:
+            raise
+        print(f"snaptree: internal error: {type(err).__name__}: {' '.join(str(err).split())}",
+              file=sys.stderr)
+        return 1

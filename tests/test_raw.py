@@ -1,0 +1,90 @@
+"""The raw backend: conformance kit on the copy path and the reflink path."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+
+import pytest
+
+from snaptree.testing import BackendContract, VolumeHandle
+from snaptree_raw.clone import clone_file
+
+SIZE = 4 * 1024 * 1024
+
+
+def _fill_image(path: str, seed: int) -> None:
+    """Deterministic content with holes: data blocks at seed-dependent offsets."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.truncate(SIZE)
+        for i in range(8):
+            f.seek(((seed * 7 + i * 13) % 60) * 65536)
+            f.write(hashlib.sha256(f"{seed}:{i}".encode()).digest() * 512)
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def raw_factory(directory: str):
+    counter = itertools.count()
+
+    def factory() -> VolumeHandle:
+        path = os.path.join(directory, f"disk{next(counter)}.img")
+        with open(path, "wb") as f:
+            f.truncate(SIZE)
+        return VolumeHandle(spec=f"raw:{path}", fill=lambda seed: _fill_image(path, seed),
+                            digest=lambda: _digest(path))
+
+    return factory
+
+
+class TestRawCopyPath(BackendContract):
+    """On tmpfs there is no reflink: the sparse copy path runs."""
+
+    @pytest.fixture
+    def make_volume(self, tmp_path):
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)
+        work = os.path.join(directory, f"snaptree-raw-{os.getpid()}-{tmp_path.name}")
+        os.makedirs(work)
+        yield raw_factory(work)
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_copy_path_is_used_on_tmpfs_and_keeps_holes(tmp_path):
+    src = "/dev/shm/snaptree-sparse-src"
+    dst = "/dev/shm/snaptree-sparse-dst"
+    try:
+        with open(src, "wb") as f:
+            f.truncate(64 * 1024 * 1024)
+            f.seek(10 * 1024 * 1024)
+            f.write(b"x" * 4096)
+        seen = []
+        method = clone_file(src, dst, progress=lambda d, t, label: seen.append((d, t)), label="t")
+        assert method == "copy"
+        assert _digest(src) == _digest(dst)
+        assert os.stat(dst).st_size == 64 * 1024 * 1024
+        assert os.stat(dst).st_blocks * 512 < 1024 * 1024, "holes must stay holes"
+        assert seen and seen[-1] == (64 * 1024 * 1024, 64 * 1024 * 1024)
+    finally:
+        for p in (src, dst):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def test_revert_keeps_mode(tmp_path):
+    from snaptree import Snaptree
+    img = tmp_path / "d.img"
+    img.write_bytes(b"a" * 8192)
+    os.chmod(img, 0o640)
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{img}"])
+        api.create("g", "s")
+        img.write_bytes(b"b" * 8192)
+        api.revert("g", "s")
+    assert img.read_bytes() == b"a" * 8192
+    assert os.stat(img).st_mode & 0o777 == 0o640
