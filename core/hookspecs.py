@@ -64,6 +64,7 @@ def snaptree_claim_volume(backend: str, locator: str) -> Volume | None:
 
     :param backend: the backend name from the spec.
     :param locator: everything after the first ``:``, unvalidated user input.
+    :returns: the claimed volume, or ``None``.
     """
 
 
@@ -167,7 +168,9 @@ def snaptree_list(backend: str, volume: Volume) -> Sequence[MemberSnapshot] | No
     and ``snaptree check`` compare the two to find orphans and missing
     members.  Report only objects snaptree made (their names carry a
     snapshot id); set ``valid=False`` for members that can no longer be
-    reverted to (an overflowed LVM snapshot).
+    reverted to (an overflowed LVM snapshot).  Objects made by other tools
+    may be reported with ``snapshot_id=""``: ``snaptree check`` shows them as
+    foreign and ``recover`` never touches them.
 
     Stops at first non-None result.
 
@@ -187,6 +190,7 @@ def snaptree_space_used(backend: str, member: MemberSnapshot) -> SpaceUsage | No
 
     :param backend: backend name; return ``None`` if it is not yours.
     :param member: a member from the catalog.
+    :returns: a :class:`~snaptree.model.SpaceUsage`.
     """
 
 
@@ -220,6 +224,10 @@ def snaptree_vm_suspend(group: Group, ctx: OpContext) -> bool | None:
     failure, when this returned ``True``.
 
     Stops at first non-None result.
+
+    :param group: the group, with its ``qmp_socket``.
+    :param ctx: the operation's context.
+    :returns: ``True`` when paused.
     """
 
 
@@ -228,6 +236,10 @@ def snaptree_vm_resume(group: Group, ctx: OpContext) -> bool | None:
     """Resume a VM paused by :func:`snaptree_vm_suspend`.
 
     Stops at first non-None result.
+
+    :param group: the group, with its ``qmp_socket``.
+    :param ctx: the operation's context.
+    :returns: ``True`` when running again.
     """
 
 
@@ -241,6 +253,10 @@ def snaptree_memory_save(group: Group, ctx: OpContext) -> MemoryState | None:
     :class:`~snaptree.model.MemoryState` that says where it will be.
 
     Stops at first non-None result.
+
+    :param group: the group whose VM is paused.
+    :param ctx: the operation's context (``ctx.snapshot_id`` names the snapshot).
+    :returns: where the memory went.
     """
 
 
@@ -254,6 +270,11 @@ def snaptree_memory_restore(
     a memory state.
 
     Stops at first non-None result.
+
+    :param group: the group whose VM is to resume at ``snapshot``.
+    :param snapshot: the snapshot, with its ``memory`` state.
+    :param ctx: the operation's context.
+    :returns: ``True`` when the VM runs at that point.
     """
 
 
@@ -264,6 +285,11 @@ def snaptree_memory_delete(
     """Remove a saved memory state (a memory file).  Gone already is fine.
 
     Stops at first non-None result.
+
+    :param group: the group the snapshot belonged to.
+    :param memory: what :func:`snaptree_memory_save` returned.
+    :param ctx: the operation's context.
+    :returns: ``True`` when removed.
     """
 
 
@@ -279,6 +305,8 @@ def snaptree_map_snapshot(backend: str, member: MemberSnapshot) -> Sequence[str]
 
     Stops at first non-None result.
 
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param member: the member snapshot to expose.
     :returns: the device paths made (one per partition), or ``None`` if
         ``backend`` is not yours.
     """
@@ -290,5 +318,7 @@ def snaptree_unmap_snapshot(backend: str, member: MemberSnapshot) -> Sequence[st
 
     Stops at first non-None result.
 
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param member: the member snapshot whose devices to remove.
     :returns: the device paths removed, or ``None`` if ``backend`` is not yours.
     """

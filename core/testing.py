@@ -100,7 +100,8 @@ class BackendContract:
         pytest.fail("a BackendContract subclass must define the make_volume fixture")
 
     @pytest.fixture
-    def api(self, snaptree_state_dir):
+    def api(self, snaptree_state_dir, make_volume):
+        # depends on make_volume so a backend's setup (sys.path, mounts) comes first
         with Snaptree(snaptree_state_dir) as api:
             yield api
 
