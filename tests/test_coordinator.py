@@ -137,7 +137,7 @@ def test_hooks_called_directly(api, disks):
     assert hook.snaptree_recover_volume(backend="raw", volume=volume) == []
     assert hook.snaptree_claim_volume(backend="raw", locator=str(disks[0])) == [volume]
     assert hook.snaptree_vm_suspend(group=group, ctx=ctx) is None  # no VM plugin for raw
-    assert [b.name for b in sum(hook.snaptree_backends(), [])] == ["raw"]
+    assert "raw" in [b.name for b in sum(hook.snaptree_backends(), [])]
     assert hook.snaptree_delete(backend="raw", members=[member], ctx=ctx) is True
     assert hook.snaptree_list(backend="raw", volume=volume) == []
     assert hook.snaptree_delete(backend="raw", members=[member], ctx=ctx) is True, "gone is fine"

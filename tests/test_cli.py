@@ -1,0 +1,126 @@
+"""The command line: exit codes, one-line errors, --json, nothing changed on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from snaptree.cli import main
+from snaptree.testing import run_cli
+
+
+@pytest.fixture
+def env(tmp_path):
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"1" * 8192)
+    return tmp_path / "state", disk
+
+
+def st(capsys, state, *args):
+    code = main(["--state-dir", str(state), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_lifecycle_and_json(capsys, env):
+    state, disk = env
+    assert st(capsys, state, "group", "create", "vm", f"raw:{disk}")[0] == 0
+    assert st(capsys, state, "create", "vm", "a", "-d", "first")[0] == 0
+    disk.write_bytes(b"2" * 8192)
+    assert st(capsys, state, "create", "vm", "b")[0] == 0
+    code, out, _ = st(capsys, state, "list", "vm", "--json")
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["a", "b"] and rows[1]["current"] is True
+    code, out, _ = st(capsys, state, "--json", "list", "vm", "--tree")
+    assert json.loads(out)[0]["children"][0]["name"] == "b"
+    code, out, _ = st(capsys, state, "list", "vm", "--tree")
+    assert "└── a" in out and "b *" in out
+    assert st(capsys, state, "revert", "vm", "a")[0] == 0
+    assert disk.read_bytes() == b"1" * 8192
+    code, out, _ = st(capsys, state, "current", "vm", "--json")
+    assert json.loads(out)["name"] == "a"
+    code, out, _ = st(capsys, state, "parent", "vm", "b")
+    assert out.strip() == "a"
+    code, out, _ = st(capsys, state, "info", "vm", "a", "--json")
+    info = json.loads(out)
+    assert info["description"] == "first" and info["members"][0]["space"]["referenced_bytes"] > 0
+    code, out, _ = st(capsys, state, "backends", "--json")
+    assert "raw" in {b["name"] for b in json.loads(out)}
+    code, out, _ = st(capsys, state, "group", "show", "vm", "--json")
+    assert json.loads(out)["snapshots"] == 2
+    code, out, _ = st(capsys, state, "check", "vm", "--json")
+    assert code == 0 and json.loads(out)["clean"] is True
+    code, out, _ = st(capsys, state, "journal", "vm", "--json")
+    assert {e["operation"] for e in json.loads(out)} == {"create", "revert"}
+    code, out, _ = st(capsys, state, "delete", "vm", "a", "--json")
+    assert json.loads(out) == {"deleted": ["a"]}
+    code, out, _ = st(capsys, state, "recover", "--json")
+    assert code == 0 and json.loads(out)["errors"] == []
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["create", "vm", "--", "-bad"], 2, "must not start with '-'"),
+    (["create", "vm", "a/b"], 2, "must not contain '/'"),
+    (["create", "nosuch", "x"], 3, "no group named 'nosuch'"),
+    (["revert", "vm", "nosuch"], 3, "no snapshot named 'nosuch'"),
+    (["delete", "vm", "nosuch"], 3, "no snapshot named 'nosuch'"),
+    (["info", "vm", "nosuch"], 3, "no snapshot named"),
+    (["group", "create", "g2", "nosuch:/x"], 3, "unknown backend 'nosuch'"),
+    (["group", "create", "g2", "raw:/does/not/exist.img"], 3, "does not exist"),
+    (["group", "create", "g2", "raw:relative.img"], 2, "must be absolute"),
+    (["group", "create", "g2", "no-colon"], 2, "BACKEND:LOCATOR"),
+    (["create", "vm", "snap", "-o", "novalue"], 2, "KEY=VALUE"),
+    (["create", "vm", "m", "--memory"], 2, "QMP socket"),
+])
+def test_bad_input_one_line_and_nothing_changed(capsys, env, args, code, text):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    before = sorted(os.listdir(disk.parent))
+    got, out, err = st(capsys, state, *args)
+    assert got == code
+    assert err.count("\n") == 1 and err.startswith("snaptree: error: ") and text in err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(disk.parent)) == before
+    assert json.loads(st(capsys, state, "list", "vm", "--json")[1]) == []
+
+
+def test_duplicate_and_conflict_exit_code(capsys, env):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    st(capsys, state, "create", "vm", "a")
+    code, _, err = st(capsys, state, "create", "vm", "a")
+    assert code == 4 and "already has a snapshot named 'a'" in err
+    code, _, err = st(capsys, state, "group", "create", "other", f"raw:{disk}")
+    assert code == 4 and "already belongs to group 'vm'" in err
+
+
+def test_check_reports_drift_with_its_own_exit_code(capsys, env):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    st(capsys, state, "create", "vm", "a")
+    store = disk.parent / f".{disk.name}.snaptree"
+    (member,) = list(store.iterdir())
+    member.unlink()
+    (store / "0123456789abcdef.img").write_bytes(b"stray")
+    code, out, _ = st(capsys, state, "check", "vm", "--json")
+    report = json.loads(out)
+    assert code == 11
+    assert report["missing"][0]["snapshot"] == "a"
+    assert report["orphans"][0]["snapshot_id"] == "0123456789abcdef"
+
+
+def test_argparse_errors_are_exit_2(capsys, env):
+    state, _ = env
+    with pytest.raises(SystemExit) as exc:
+        main(["--state-dir", str(state), "create"])
+    assert exc.value.code == 2
+
+
+def test_module_entry_point_runs(env):
+    state, disk = env
+    result = run_cli(["group", "create", "vm", f"raw:{disk}"], str(state))
+    assert result.returncode == 0, result.stderr
+    result = run_cli(["--json", "group", "list"], str(state))
+    assert json.loads(result.stdout)[0]["name"] == "vm"
