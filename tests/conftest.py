@@ -31,3 +31,34 @@ def pytest_collection_modifyitems(config, items):
 def state_dir(tmp_path):
     path = tmp_path / "state"
     return str(path)
+
+
+_CRASH_STATS: list = []
+_FUZZ_COUNTS: dict[str, int] = {}
+
+
+@pytest.fixture
+def crash_totals():
+    """Tests of the crash harness append their KillPointStats here."""
+    return _CRASH_STATS
+
+
+@pytest.fixture
+def fuzz_counter():
+    """Property tests count the cases they tried: ``fuzz_counter[name] += 1``."""
+    return _FUZZ_COUNTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _CRASH_STATS:
+        tried = sum(s.tried for s in _CRASH_STATS)
+        survived = sum(s.survived for s in _CRASH_STATS)
+        terminalreporter.section("crash kill points")
+        for s in _CRASH_STATS:
+            terminalreporter.write_line(f"{s.backend:<8} {s.operation:<7} tried {s.tried:>3}  survived {s.survived:>3}")
+        terminalreporter.write_line(f"total: {tried} kill points tried, {survived} survived")
+    if _FUZZ_COUNTS:
+        terminalreporter.section("property-based input cases")
+        for name, count in sorted(_FUZZ_COUNTS.items()):
+            terminalreporter.write_line(f"{name:<40} {count:>6} cases")
+        terminalreporter.write_line(f"total: {sum(_FUZZ_COUNTS.values())} cases")
