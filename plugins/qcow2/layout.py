@@ -1,0 +1,96 @@
+"""Where the qcow2 backend keeps its files, and which image is active.
+
+A volume is named by the image the user registered, ``/dir/disk.qcow2``.
+External snapshots live in ``/dir/.disk.qcow2.snaptree/``:
+
+``<snapshot_id>.qcow2``
+    the overlay made when snapshot ``<snapshot_id>`` was taken; its backing
+    image is the snapshot's (frozen) content.  Its name is how
+    :func:`snaptree_list` finds the snapshot again.
+``run-<hex>.qcow2``
+    an overlay made by a revert: the new active layer on a snapshot's image.
+``active``
+    the path of the image the VM must run on now (absent: the registered
+    image itself).  Written atomically; libvirt keeps the same fact in its
+    domain XML.
+``<snapshot_id>.memory``
+    VM memory saved with an external snapshot (in the first disk's folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+from snaptree.errors import BackendError, StateError
+
+__all__ = ["snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
+           "set_active", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
+
+SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
+OVERLAY_FILE = re.compile(r"^([0-9a-f]{16})\.qcow2$")
+PARTIAL = ".partial"
+_ACTIVE = "active"
+
+
+def snapshot_dir(image: str) -> str:
+    directory, base = os.path.split(image)
+    return os.path.join(directory, f".{base}.snaptree")
+
+
+def overlay_path(image: str, snapshot_id: str) -> str:
+    return os.path.join(snapshot_dir(image), f"{snapshot_id}.qcow2")
+
+
+def run_overlay_path(image: str) -> str:
+    return os.path.join(snapshot_dir(image), f"run-{secrets.token_hex(4)}.qcow2")
+
+
+def memory_path(image: str, snapshot_id: str) -> str:
+    return os.path.join(snapshot_dir(image), f"{snapshot_id}.memory")
+
+
+def active_image(image: str) -> str:
+    """The image the volume's VM runs on: the registered one or an overlay."""
+    pointer = os.path.join(snapshot_dir(image), _ACTIVE)
+    try:
+        with open(pointer, encoding="utf-8") as handle:
+            target = handle.read().strip()
+    except FileNotFoundError:
+        return image
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot read {pointer}: {err.strerror}") from err
+    # Only the image itself or a file of its own folder may be named here.
+    if target != image and os.path.dirname(target) != snapshot_dir(image):
+        raise StateError(f"qcow2: {pointer} names {target!r}, outside {snapshot_dir(image)}")
+    return target
+
+
+def set_active(image: str, target: str) -> None:
+    """Record ``target`` as the active image of ``image``, atomically."""
+    folder = snapshot_dir(image)
+    pointer = os.path.join(folder, _ACTIVE)
+    try:
+        if target == image:
+            try:
+                os.unlink(pointer)
+            except FileNotFoundError:
+                pass
+        else:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            with open(pointer + PARTIAL, "w", encoding="utf-8") as handle:
+                handle.write(target + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(pointer + PARTIAL, pointer)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return  # folder gone and target is the image: nothing to record
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot record the active image in {pointer}: "
+                           f"{err.strerror}") from err

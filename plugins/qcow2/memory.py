@@ -1,0 +1,107 @@
+"""VM run state and memory over QMP: the ``xl snapshot`` flow.
+
+* pause / resume: ``stop`` and ``cont``; we resume only a VM we paused.
+* internal snapshots keep memory inside the first disk: one ``snapshot-save``
+  job writes the vmstate and the tag of every disk, and ``snapshot-load``
+  brings disks and memory back together.
+* external snapshots write memory to a file with ``migrate`` over a file
+  descriptor passed with ``getfd`` (QEMU 7.2 has no ``file:`` URI).  That
+  runs after the disks were snapshotted and before ``cont``: migration
+  inactivates the block nodes, which would make the disk snapshot fail, and
+  the guest is paused throughout, so disks and memory still match.
+  Restoring a memory file needs a QEMU restarted with ``-incoming``, whose
+  command line snaptree does not own, so that revert is not offered.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Sequence
+
+from snaptree.errors import BackendError
+
+from .qmp import QMPSession
+
+__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file"]
+
+_FD_NAME = "snaptree-memory"
+
+
+def pause(session: QMPSession) -> bool:
+    """Stop the guest; return whether it was running (and so must be resumed)."""
+    status = session.execute("query-status")
+    if status.get("running"):
+        session.execute("stop")
+        return True
+    return False
+
+
+def resume(session: QMPSession) -> None:
+    if not session.execute("query-status").get("running"):
+        session.execute("cont")
+
+
+def save_internal(session: QMPSession, tag: str, nodes: Sequence[str],
+                  progress: Callable[..., None]) -> None:
+    """Write the vmstate into ``nodes[0]`` and tag every node with ``tag``."""
+    job_id = f"snaptree-save-{tag}"
+    session.run_job("snapshot-save", {"job-id": job_id, "tag": tag, "vmstate": nodes[0],
+                                      "devices": list(nodes)},
+                    job_id, progress=progress, label="save memory")
+
+
+def load_internal(session: QMPSession, tag: str, nodes: Sequence[str],
+                  progress: Callable[..., None]) -> None:
+    """Load disks and memory of internal snapshot ``tag``, then run the guest."""
+    job_id = f"snaptree-load-{tag}"
+    session.run_job("snapshot-load", {"job-id": job_id, "tag": tag, "vmstate": nodes[0],
+                                      "devices": list(nodes)},
+                    job_id, progress=progress, label="load memory")
+    resume(session)
+
+
+def migrate_to_file(session: QMPSession, path: str, progress: Callable[..., None],
+                    timeout: float = 3600.0) -> int:
+    """Stream the paused guest's memory into ``path``; return its size in bytes."""
+    partial = path + ".partial"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot create memory file {partial}: {err.strerror}") from err
+    try:
+        session.send_fd(fd, _FD_NAME)
+    finally:
+        os.close(fd)  # QEMU holds its own copy now
+    session.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        info = session.execute("query-migrate")
+        status = info.get("status")
+        ram = info.get("ram") or {}
+        if ram.get("total"):
+            progress(ram.get("transferred", 0), ram["total"], "save memory")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            _unlink(partial)
+            raise BackendError(f"qcow2: saving memory failed: {info.get('error-desc', status)}")
+        if time.monotonic() > deadline:
+            session.execute("migrate_cancel")
+            _unlink(partial)
+            raise BackendError("qcow2: saving memory timed out")
+        time.sleep(0.02)
+    try:
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        return os.stat(path).st_size
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot finish memory file {path}: {err.strerror}") from err
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,204 @@
+"""qcow2 snapshots with no QEMU running: ``qemu-img`` only.
+
+Internal snapshots are tags inside the active image (``qemu-img snapshot``).
+External ones follow libvirt: a snapshot freezes the active image and puts a
+new overlay named with the snapshot id on top; revert makes a fresh overlay
+on the snapshot's image and keeps every other branch; delete merges the
+snapshot's overlay into the frozen image (``qemu-img commit``) when nothing
+else is built on that image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from snaptree.errors import BackendError, NotSupported
+from snaptree.model import MemberSnapshot, Volume
+
+from .layout import (
+    OVERLAY_FILE,
+    PARTIAL,
+    active_image,
+    overlay_path,
+    run_overlay_path,
+    set_active,
+    snapshot_dir,
+)
+from .qemuimg import QemuImg
+
+__all__ = ["Chain", "OfflineOps"]
+
+
+class Chain:
+    """The images of one volume (registered image + its folder) and their backings."""
+
+    def __init__(self, qemu_img: QemuImg, image: str):
+        self.image = image
+        self.backing: dict[str, str | None] = {}
+        self.tags: dict[str, list[dict]] = {}
+        files = [image]
+        folder = snapshot_dir(image)
+        if os.path.isdir(folder):
+            files += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                      if n.endswith(".qcow2")]
+        for path in files:
+            info = qemu_img.info(path)
+            backing = info.get("full-backing-filename") or info.get("backing-filename")
+            if backing and not os.path.isabs(backing):
+                backing = os.path.join(os.path.dirname(path), backing)
+            self.backing[path] = os.path.realpath(backing) if backing else None
+            self.tags[path] = list(info.get("snapshots", []))
+
+    def children(self, path: str) -> list[str]:
+        return [f for f, b in self.backing.items() if b == path]
+
+    def snaptree_tags(self, path: str) -> list[str]:
+        return [t["name"] for t in self.tags.get(path, []) if len(t["name"]) == 16]
+
+
+def internal_member(volume: Volume, snapshot_id: str, image: str, vm_state: bool = False) -> MemberSnapshot:
+    return MemberSnapshot(backend="qcow2", locator=volume.locator, snapshot_id=snapshot_id,
+                          ref=snapshot_id, data={"mode": "internal", "image": image,
+                                                 "vm_state": vm_state})
+
+
+def external_member(volume: Volume, snapshot_id: str, frozen: str) -> MemberSnapshot:
+    return MemberSnapshot(backend="qcow2", locator=volume.locator, snapshot_id=snapshot_id,
+                          ref=frozen, data={"mode": "external",
+                                            "overlay": overlay_path(volume.locator, snapshot_id)})
+
+
+class OfflineOps:
+    """Snapshot, revert and delete through qemu-img; the images must be free."""
+
+    def __init__(self, qemu_img: QemuImg):
+        self.qemu_img = qemu_img
+
+    # -- snapshot -------------------------------------------------------------
+
+    def snapshot(self, volumes: Sequence[Volume], snapshot_id: str, mode: str) -> list[MemberSnapshot]:
+        made: list[MemberSnapshot] = []
+        try:
+            for volume in volumes:
+                active = active_image(volume.locator)
+                if mode == "internal":
+                    self.qemu_img.snapshot_create(active, snapshot_id)
+                    made.append(internal_member(volume, snapshot_id, active))
+                else:
+                    overlay = overlay_path(volume.locator, snapshot_id)
+                    os.makedirs(snapshot_dir(volume.locator), mode=0o700, exist_ok=True)
+                    self.qemu_img.check_writable(active)
+                    self.qemu_img.create_overlay(overlay, active)
+                    made.append(external_member(volume, snapshot_id, active))
+                    set_active(volume.locator, overlay)
+        except BaseException:
+            # all or none: take back what this call made before re-raising
+            for member in reversed(made):
+                try:
+                    self.delete(member)
+                except Exception:
+                    pass
+            raise
+        return made
+
+    # -- revert ---------------------------------------------------------------
+
+    def revert(self, member: MemberSnapshot) -> None:
+        if member.data.get("mode") == "internal":
+            image = member.data.get("image") or active_image(member.locator)
+            if image != active_image(member.locator):
+                raise NotSupported(
+                    f"qcow2: internal snapshot {member.ref} of {member.locator} lies in {image}, "
+                    "below a later external snapshot; revert to that external snapshot first")
+            self.qemu_img.snapshot_apply(image, member.ref)
+            return
+        frozen = member.ref
+        old = active_image(member.locator)
+        if old != member.locator:
+            self.qemu_img.check_writable(old)
+        new = run_overlay_path(member.locator)
+        self.qemu_img.create_overlay(new + PARTIAL, frozen)
+        os.rename(new + PARTIAL, new)
+        set_active(member.locator, new)
+        self._discard(member.locator, old)
+
+    def _discard(self, image: str, old: str) -> None:
+        """Drop the content of a former active layer that nothing is built on."""
+        if old == image:
+            return  # never remove the registered image itself
+        chain = Chain(self.qemu_img, image)
+        if chain.children(old) or chain.snaptree_tags(old):
+            return
+        name = os.path.basename(old)
+        if name.startswith("run-"):
+            os.unlink(old)
+        elif OVERLAY_FILE.match(name) and chain.backing.get(old):
+            # the overlay carries its snapshot's identity: keep it, but empty
+            self.qemu_img.create_overlay(old + PARTIAL, chain.backing[old])
+            os.replace(old + PARTIAL, old)
+
+    # -- delete ---------------------------------------------------------------
+
+    def delete(self, member: MemberSnapshot) -> None:
+        if member.data.get("mode") == "internal":
+            chain = Chain(self.qemu_img, member.locator)
+            for path in chain.tags:
+                if member.ref in [t["name"] for t in chain.tags[path]]:
+                    self.qemu_img.snapshot_delete(path, member.ref)
+            return
+        overlay = overlay_path(member.locator, member.snapshot_id)
+        if not os.path.exists(overlay):
+            return  # gone already (a retried delete)
+        chain = Chain(self.qemu_img, member.locator)
+        frozen = chain.backing.get(overlay)
+        if frozen is None:
+            raise BackendError(f"qcow2: overlay {overlay} has lost its backing image")
+        if chain.snaptree_tags(overlay):
+            raise NotSupported(
+                f"qcow2: {overlay} holds internal snapshots; delete those first")
+        if chain.children(frozen) == [overlay]:
+            self._merge_down(member.locator, chain, overlay, frozen)
+        else:
+            self._rename_away(member.locator, chain, overlay)
+
+    def _merge_down(self, image: str, chain: Chain, overlay: str, frozen: str) -> None:
+        # Only this overlay reads the frozen image, so the frozen image may
+        # take the overlay's content; every step leaves a readable chain.
+        self.qemu_img.commit(overlay)
+        for child in chain.children(overlay):
+            self.qemu_img.rebase_unsafe(child, frozen)
+        if active_image(image) == overlay:
+            set_active(image, frozen)
+        os.unlink(overlay)
+
+    def _rename_away(self, image: str, chain: Chain, overlay: str) -> None:
+        # Other branches still need the frozen image: keep the data, drop
+        # only the snapshot's name (a hard link keeps every step readable).
+        renamed = run_overlay_path(image)
+        os.link(overlay, renamed)
+        for child in chain.children(overlay):
+            self.qemu_img.rebase_unsafe(child, renamed)
+        if active_image(image) == overlay:
+            set_active(image, renamed)
+        os.unlink(overlay)
+
+    # -- list -----------------------------------------------------------------
+
+    def list(self, volume: Volume) -> list[MemberSnapshot]:
+        chain = Chain(self.qemu_img, volume.locator)
+        found: list[MemberSnapshot] = []
+        for path, tags in chain.tags.items():
+            for tag in tags:
+                name = tag["name"]
+                sid = name if len(name) == 16 and all(c in "0123456789abcdef" for c in name) else ""
+                found.append(MemberSnapshot(
+                    backend="qcow2", locator=volume.locator, snapshot_id=sid, ref=name,
+                    size_bytes=tag.get("vm-state-size"),
+                    data={"mode": "internal", "image": path,
+                          "vm_state": bool(tag.get("vm-state-size"))}))
+        for path, backing in chain.backing.items():
+            match = OVERLAY_FILE.match(os.path.basename(path))
+            if match and os.path.dirname(path) == snapshot_dir(volume.locator) and backing:
+                found.append(external_member(volume, match[1], backing))
+        return found

@@ -1,0 +1,182 @@
+"""The qcow2 backend's one QMP boundary.
+
+:class:`QMPSession` is a small synchronous wrapper over
+:class:`qemu.qmp.QMPClient`: it runs its own asyncio loop, holds one
+connection for the length of one snaptree operation, and maps every failure
+once: a QMP ``ExecuteError`` becomes :class:`~snaptree.errors.QMPFailed`
+keeping QEMU's error class; a refused connection, a QEMU that went away or a
+protocol error becomes :class:`~snaptree.errors.BackendError`.
+
+Jobs (``block-commit``, ``snapshot-save``, ``snapshot-load``) are run by
+:meth:`QMPSession.run_job`, which opens the ``JOB_STATUS_CHANGE`` listener
+*before* sending the command so no event can be missed, and reports progress
+from ``query-jobs``.  Tests may make the N-th command of the process fail
+with :func:`fail_on_command` (fault injection); otherwise QEMU is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any, Callable
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+
+from snaptree.errors import BackendError, QMPFailed
+
+__all__ = ["QMPSession", "fail_on_command", "reachable"]
+
+log = logging.getLogger("snaptree.qcow2.qmp")
+
+#: command names -> exception to raise instead of sending them (tests only)
+_injected: dict[str, BaseException] = {}
+
+
+def fail_on_command(command: str, error: BaseException | None = None) -> None:
+    """Make the next ``command`` sent by any session raise (fault injection).
+
+    With ``error=None`` the injection for ``command`` is removed.
+    """
+    if error is None:
+        _injected.pop(command, None)
+    else:
+        _injected[command] = error
+
+
+def reachable(path: str | None) -> bool:
+    """True when a QMP server listens on the unix socket ``path``."""
+    if not path or not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class QMPSession:
+    """One synchronous QMP connection; use as a context manager."""
+
+    def __init__(self, socket_path: str, *, timeout: float = 120.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient("snaptree")
+        self.commands = 0
+
+    # -- connection -----------------------------------------------------------
+
+    def __enter__(self) -> "QMPSession":
+        try:
+            self._run(self._client.connect(self.socket_path), "connect")
+        except BaseException:
+            self._loop.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._loop.run_until_complete(self._client.disconnect())
+        except Exception:  # QEMU gone already: nothing left to close
+            pass
+        finally:
+            self._loop.close()
+
+    def _run(self, coro: Any, what: str, timeout: float | None = None) -> Any:
+        """Run ``coro`` on our loop, mapping every lower-layer failure once."""
+        try:
+            return self._loop.run_until_complete(
+                asyncio.wait_for(coro, timeout or self.timeout))
+        except ExecuteError as err:
+            raise QMPFailed(f"qcow2: QEMU refused {what}: {err.error_desc}",
+                            command=what, error_class=err.error_class) from err
+        except asyncio.TimeoutError as err:
+            raise BackendError(f"qcow2: QMP {what} on {self.socket_path} timed out") from err
+        except (QMPError, OSError, EOFError) as err:
+            raise BackendError(
+                f"qcow2: lost QEMU at {self.socket_path} during {what}: "
+                f"{err or type(err).__name__}") from err
+
+    # -- commands -------------------------------------------------------------
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> Any:
+        """Send one command and return its ``return`` value."""
+        self.commands += 1
+        injected = _injected.pop(command, None)
+        if injected is not None:
+            raise injected
+        started = time.perf_counter()
+        result = self._run(self._client.execute(command, arguments), command, timeout)
+        log.debug("qmp %s %s -> %.3fs", command, arguments, time.perf_counter() - started)
+        return result
+
+    def send_fd(self, fd: int, name: str) -> None:
+        """Pass ``fd`` to QEMU over the socket and name it (``getfd``)."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            raise BackendError(f"qcow2: cannot pass a file descriptor to QEMU: {err}") from err
+        self.execute("getfd", {"fdname": name})
+
+    def run_job(self, command: str, arguments: dict[str, Any], job_id: str, *,
+                progress: Callable[..., None] | None = None, label: str = "",
+                complete_when_ready: bool = False, timeout: float = 3600.0) -> None:
+        """Run a QMP job to its end; raise :class:`QMPFailed` if it fails.
+
+        ``arguments`` must ask for ``auto-dismiss: false`` where the command
+        allows it, so the job's error can be read before it disappears.
+        """
+        self._run(self._job(command, arguments, job_id, progress, label,
+                            complete_when_ready, timeout), command, timeout + 5)
+
+    async def _job(self, command, arguments, job_id, progress, label,
+                   complete_when_ready, timeout) -> None:
+        listener = EventListener("JOB_STATUS_CHANGE")
+        deadline = time.monotonic() + timeout
+        # The listener is registered before the command: a short job can
+        # conclude before execute() even returns.
+        with self._client.listen(listener):
+            self.commands += 1
+            injected = _injected.pop(command, None)
+            if injected is not None:
+                raise injected
+            await self._client.execute(command, arguments)
+            while True:
+                try:
+                    event = await asyncio.wait_for(listener.get(), 0.2)
+                except asyncio.TimeoutError:
+                    event = None
+                if progress is not None:
+                    await self._report(job_id, progress, label)
+                if time.monotonic() > deadline:
+                    raise asyncio.TimeoutError()
+                if event is None or event["data"].get("id") != job_id:
+                    continue
+                status = event["data"]["status"]
+                if status == "ready" and complete_when_ready:
+                    await self._client.execute("job-complete", {"id": job_id})
+                elif status == "concluded":
+                    break
+                elif status == "null":
+                    return  # auto-dismissed: success is all we can know
+        jobs = await self._client.execute("query-jobs")
+        error = next((j.get("error") for j in jobs if j["id"] == job_id), None)
+        await self._client.execute("job-dismiss", {"id": job_id})
+        if error:
+            raise QMPFailed(f"qcow2: QEMU job {command} failed: {error}",
+                            command=command, error_class="JobFailed")
+        if progress is not None:
+            progress(1, 1, label)
+
+    async def _report(self, job_id: str, progress: Callable[..., None], label: str) -> None:
+        for job in await self._client.execute("query-jobs"):
+            if job["id"] == job_id and job.get("total-progress"):
+                progress(job["current-progress"], job["total-progress"], label)
