@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from snaptree.errors import BackendError, NotSupported
+from snaptree.errors import BackendError, NotFound, NotSupported
 from snaptree.model import MemberSnapshot, Volume
 
 from .layout import (
@@ -113,7 +113,12 @@ class OfflineOps:
                     "below a later external snapshot; revert to that external snapshot first")
             self.qemu_img.snapshot_apply(image, member.ref)
             return
-        frozen = member.ref
+        # The snapshot's content is whatever its overlay is built on now; a
+        # delete of an older snapshot may have renamed that image.
+        overlay = overlay_path(member.locator, member.snapshot_id)
+        frozen = Chain(self.qemu_img, member.locator).backing.get(overlay)
+        if frozen is None:
+            raise NotFound(f"qcow2: overlay {overlay} of snapshot {member.snapshot_id} is missing")
         old = active_image(member.locator)
         if old != member.locator:
             self.qemu_img.check_writable(old)
