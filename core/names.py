@@ -48,9 +48,17 @@ def split_spec(spec: object) -> tuple[str, str]:
         raise InvalidInput(f"volume spec {spec!r} has an invalid backend name {backend!r}")
     if not locator:
         raise InvalidInput(f"volume spec {spec!r} has an empty locator")
+    _check_encodable(locator, f"volume spec {spec!r}")
     if "\x00" in locator or any(unicodedata.category(c) == "Cc" for c in locator):
         raise InvalidInput(f"volume spec {spec!r} contains control characters")
     return backend, locator
+
+
+def _check_encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8 text") from None
 
 
 def check_abs_path(locator: str, what: str = "path") -> str:
@@ -59,6 +67,7 @@ def check_abs_path(locator: str, what: str = "path") -> str:
     Relative paths are refused rather than resolved against the working
     directory, because the catalog outlives the caller's cwd.
     """
+    _check_encodable(locator, what)
     if not os.path.isabs(locator):
         raise InvalidInput(f"{what} {locator!r} must be absolute")
     if len(locator.encode("utf-8", "surrogateescape")) > 4000:
