@@ -1,0 +1,154 @@
+"""Loop-backed LVM for the devmapper tests: a volume group with a thin pool.
+
+Import the fixtures into a test module (``from guest.lvm_env import lvm_vg,
+make_lv``).  Everything is made with the backend's own :class:`LvmCommands`
+so the tests exercise the same udev setting as the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from snaptree_lvm.lvmcmd import LvmCommands
+
+from .vng import host_has_devmapper
+
+__all__ = ["DEVMAPPER_MARKS", "LoopVG", "lvm_vg", "make_lv", "write_pattern", "digest_device",
+           "zero_device"]
+
+_SKIP_REASON = ("this kernel has no device-mapper; tests/test_lvm_guest.py runs these tests "
+                "inside a virtme-ng guest")
+
+#: Marks for every test module that needs device-mapper and LVM.
+DEVMAPPER_MARKS = [
+    pytest.mark.devmapper,
+    pytest.mark.root,
+    pytest.mark.skipif(not host_has_devmapper(), reason=_SKIP_REASON),
+    pytest.mark.skipif(shutil.which("lvm") is None, reason="needs lvm2"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and LVM"),
+]
+
+PV_BYTES = 768 * 1024 * 1024
+POOL = "pool"
+
+
+def write_pattern(device: str, seed: int, *, offset: int = 0, length: int = 1024 * 1024) -> None:
+    """Write ``length`` bytes derived from ``seed`` at ``offset`` and flush them."""
+    block = hashlib.sha256(f"snaptree:{seed}".encode()).digest()
+    data = (block * (length // len(block) + 1))[:length]
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def zero_device(device: str) -> None:
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        chunk = bytes(1024 * 1024)
+        for start in range(0, size, len(chunk)):
+            os.pwrite(fd, chunk[: min(len(chunk), size - start)], start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def digest_device(device: str) -> str:
+    """SHA-256 of the whole device, read past the page cache of earlier opens."""
+    digest = hashlib.sha256()
+    with open(device, "rb", buffering=0) as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LoopVG:
+    """A volume group on a loop device over a sparse file, with a thin pool."""
+
+    def __init__(self, directory: str, name: str):
+        self.vg = name
+        self.image = os.path.join(directory, f"{name}.img")
+        self.cmds = LvmCommands()
+        self.loop = ""
+        self._counter = itertools.count(1)
+
+    def setup(self, pool_mib: int = 192) -> "LoopVG":
+        with open(self.image, "wb") as f:
+            f.truncate(PV_BYTES)
+        self.loop = subprocess.run(["losetup", "-f", "--show", self.image], check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        self.cmds.lvm("pvcreate", "-y", self.loop)
+        self.cmds.lvm("vgcreate", "-y", self.vg, self.loop)
+        self.cmds.lvm("lvcreate", "-y", "--type", "thin-pool", "-L", f"{pool_mib}M",
+                      "--errorwhenfull", "y", "-n", POOL, self.vg)
+        return self
+
+    def teardown(self) -> None:
+        try:
+            self.cmds.lvm("vgremove", "-ff", "-y", self.vg)
+        finally:
+            if self.loop:
+                subprocess.run(["losetup", "-d", self.loop], check=False)
+            if os.path.exists(self.image):
+                os.unlink(self.image)
+
+    def unique(self, prefix: str) -> str:
+        return f"{prefix}{next(self._counter)}"
+
+    def create(self, name: str, mib: int, *, thin: bool = False, zero: bool = True) -> str:
+        """Make ``name`` (thick linear, or thin in the pool) and return its device path."""
+        if thin:
+            self.cmds.lvm("lvcreate", "-y", "-V", f"{mib}M", "-T", f"{self.vg}/{POOL}", "-n", name)
+        else:
+            self.cmds.lvm("lvcreate", "-y", "-Zy", "-Wy", "-L", f"{mib}M", "-n", name, self.vg)
+        path = self.device(name)
+        if zero and not thin:
+            zero_device(path)  # extents may hold data of LVs removed earlier
+        return path
+
+    def device(self, name: str) -> str:
+        return f"/dev/{self.vg}/{name}"
+
+    def remove_family(self, name: str) -> None:
+        """Remove ``name`` and every LV named after it (snapshots, revert leftovers)."""
+        for info in self.cmds.lvs(self.vg):
+            if info.name.startswith(name + ".") and not info.is_hidden:
+                if self.cmds.lv(self.vg, info.name) is not None:
+                    self.cmds.remove(self.vg, info.name)
+        if self.cmds.lv(self.vg, name) is not None:
+            self.cmds.remove(self.vg, name)
+
+
+@pytest.fixture(scope="session")
+def lvm_vg(tmp_path_factory):
+    """One loop-backed VG with a thin pool for the whole session."""
+    directory = str(tmp_path_factory.mktemp("lvm"))
+    loop_vg = LoopVG(directory, f"sntest{os.getpid()}")
+    loop_vg.setup()
+    yield loop_vg
+    loop_vg.teardown()
+
+
+@pytest.fixture
+def make_lv(lvm_vg):
+    """``make_lv(mib, thin=False) -> (vg, lv, device)``; removed with its snapshots after the test."""
+    made: list[str] = []
+
+    def factory(mib: int = 8, *, thin: bool = False, prefix: str = "vol"):
+        name = lvm_vg.unique(prefix)
+        device = lvm_vg.create(name, mib, thin=thin)
+        made.append(name)
+        return lvm_vg.vg, name, device
+
+    yield factory
+    for name in reversed(made):
+        lvm_vg.remove_family(name)

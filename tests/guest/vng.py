@@ -1,0 +1,131 @@
+"""Boot a throwaway virtme-ng guest and run pytest inside it on the same tree.
+
+The guest sees the host's root filesystem read-only (9p) with writable
+overlays on /tmp, /etc, /var; one host directory (``out_dir``) is shared
+read-write and carries the inner script, its output, a junit XML file and
+the exit status back to the host.  KVM is not used (``--disable-kvm``):
+nested KVM hangs Debian's 6.1 kernel, and TCG is fast enough for a few
+minutes of LVM work.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import attrs
+
+__all__ = ["host_has_devmapper", "find_kernel", "find_vng", "GuestResult", "run_pytest_in_guest",
+           "GUEST_MODULES"]
+
+#: Kernel modules the LVM tests need; loaded before pytest starts.
+GUEST_MODULES = ("dm-mod", "dm-snapshot", "dm-thin-pool", "loop")
+
+
+def host_has_devmapper() -> bool:
+    """True when the running kernel has device-mapper (loaded or built in)."""
+    if os.path.isdir("/sys/module/dm_mod"):
+        return True
+    try:
+        with open("/proc/misc", encoding="ascii") as misc:
+            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
+    except OSError:
+        return False
+
+
+def find_kernel() -> str | None:
+    """The newest installed Debian kernel image with modules, or ``$SNAPTREE_GUEST_KERNEL``."""
+    wanted = os.environ.get("SNAPTREE_GUEST_KERNEL")
+    if wanted:
+        return wanted if os.path.exists(wanted) else None
+    for image in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
+        release = os.path.basename(image)[len("vmlinuz-"):]
+        if os.path.isdir(f"/lib/modules/{release}") and os.access(image, os.R_OK):
+            return image
+    return None
+
+
+def find_vng() -> str | None:
+    """``vng`` next to this Python (the venv) or on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "vng")
+    return beside if os.path.exists(beside) else shutil.which("vng")
+
+
+@attrs.frozen
+class GuestResult:
+    """What came back from the guest."""
+
+    returncode: int | None      # pytest's exit status inside; None if it never ran
+    output: str                 # pytest's output inside
+    console: str                # vng's own stdout+stderr (boot messages, panics)
+    junit_path: str
+    seconds: float
+
+
+def _inner_script(out_dir: str, repo: str, pytest_args: list[str]) -> str:
+    q = shlex.quote
+    modules = " ".join(q(m) for m in GUEST_MODULES)
+    args = " ".join(q(a) for a in pytest_args)
+    return f"""#!/bin/sh
+# written by tests/guest/vng.py; runs inside the guest as root
+for m in {modules}; do modprobe "$m" || echo "modprobe $m failed" >&2; done
+export HOME=/tmp/snaptree-guest-home TMPDIR=/tmp PYTHONDONTWRITEBYTECODE=1
+export SNAPTREE_IN_GUEST=1 LVM_SUPPRESS_FD_WARNINGS=1
+mkdir -p "$HOME"
+cd {q(repo)} || exit 97
+{q(sys.executable)} -m pytest {args} --junitxml={q(os.path.join(out_dir, 'junit.xml'))} \\
+    > {q(os.path.join(out_dir, 'output.txt'))} 2>&1 < /dev/null
+echo $? > {q(os.path.join(out_dir, 'rc'))}
+"""
+
+
+def run_pytest_in_guest(pytest_args: list[str], out_dir: str, *, repo: str,
+                        memory: str = "1536M", cpus: int = 2, timeout: float = 900) -> GuestResult:
+    """Boot the guest once and run ``python -m pytest PYTEST_ARGS`` in ``repo`` there."""
+    kernel, vng = find_kernel(), find_vng()
+    if kernel is None or vng is None:
+        raise FileNotFoundError("needs virtme-ng (vng) and a kernel image in /boot")
+    os.makedirs(out_dir, exist_ok=True)
+    script = os.path.join(out_dir, "inner.sh")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(_inner_script(out_dir, repo, pytest_args))
+    env = dict(os.environ)
+    # vng runs virtme-run from PATH and writes under $HOME; give it both
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    home = env.get("HOME", "")
+    if not home or not os.access(home, os.W_OK):
+        env["HOME"] = os.path.join(out_dir, "home")
+        os.makedirs(env["HOME"], exist_ok=True)
+    argv = [vng, "--run", kernel, "--disable-kvm", "--memory", memory, "--cpus", str(cpus),
+            "--rwdir", out_dir, "--exec", f"sh {shlex.quote(script)}"]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+        console = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        console = f"guest timed out after {timeout:.0f}s\n{_text(err.stdout)}{_text(err.stderr)}"
+    seconds = time.monotonic() - started
+    returncode = None
+    try:
+        with open(os.path.join(out_dir, "rc"), encoding="ascii") as f:
+            returncode = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(out_dir, "output.txt"), encoding="utf-8", errors="replace") as f:
+            output = f.read()
+    except OSError:
+        output = ""
+    return GuestResult(returncode, output, console, os.path.join(out_dir, "junit.xml"), seconds)
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data

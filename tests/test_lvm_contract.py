@@ -1,0 +1,36 @@
+"""The conformance kit against LVM: thick and thin volumes (needs device-mapper)."""
+
+from __future__ import annotations
+
+import pytest
+
+from guest.lvm_env import DEVMAPPER_MARKS, digest_device, lvm_vg, make_lv, write_pattern
+from snaptree.testing import BackendContract, VolumeHandle
+
+pytestmark = DEVMAPPER_MARKS
+__all__ = ["lvm_vg", "make_lv"]  # fixtures used through pytest
+
+
+def _handle(vg: str, lv: str, device: str, options: dict) -> VolumeHandle:
+    return VolumeHandle(spec=f"lvm:{vg}/{lv}",
+                        fill=lambda seed: write_pattern(device, seed),
+                        digest=lambda: digest_device(device),
+                        group_options=options)
+
+
+class TestLvmThickContract(BackendContract):
+    @pytest.fixture
+    def make_volume(self, make_lv):
+        def factory() -> VolumeHandle:
+            vg, lv, device = make_lv(8, prefix="thick")
+            return _handle(vg, lv, device, {})  # the default snapshot size policy
+        return factory
+
+
+class TestLvmThinContract(BackendContract):
+    @pytest.fixture
+    def make_volume(self, make_lv):
+        def factory() -> VolumeHandle:
+            vg, lv, device = make_lv(8, thin=True, prefix="thin")
+            return _handle(vg, lv, device, {})
+        return factory

@@ -1,0 +1,53 @@
+"""Run the devmapper tests in a virtme-ng guest when this kernel lacks device-mapper.
+
+On a host with device-mapper the devmapper-marked tests run directly in the
+same session, and this test skips.  Otherwise it boots Debian's kernel once
+(TCG, no KVM), runs ``python -m pytest -m devmapper tests`` inside on this
+very tree and venv, and fails with the inner output when anything inside
+failed.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from guest.vng import find_kernel, find_vng, host_has_devmapper, run_pytest_in_guest
+
+pytestmark = [pytest.mark.guest, pytest.mark.slow, pytest.mark.root]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INNER_ARGS = ["-m", "devmapper and not guest", "-p", "no:cacheprovider", "-q", "-rfEs",
+              "-o", "addopts=--strict-markers -ra", "tests"]
+#: Fewer tests than this means the guest did not really run the suite.
+MIN_TESTS = 20
+
+
+def _junit_counts(path: str) -> dict[str, int]:
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    keys = ("tests", "failures", "errors", "skipped")
+    return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
+
+
+def test_devmapper_suite_in_guest(tmp_path):
+    if host_has_devmapper():
+        pytest.skip("this kernel has device-mapper: the devmapper tests run directly")
+    if find_vng() is None or find_kernel() is None:
+        pytest.skip("needs virtme-ng (vng) and a kernel image under /boot")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to read the kernel image and make loop devices in the guest")
+    result = run_pytest_in_guest(INNER_ARGS, str(tmp_path / "guest"), repo=REPO)
+    shown = f"--- pytest inside the guest ({result.seconds:.0f}s) ---\n{result.output[-30000:]}"
+    if result.returncode is None:
+        pytest.fail(f"the guest never finished pytest\n{shown}\n--- console ---\n"
+                    f"{result.console[-8000:]}", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(f"devmapper tests failed in the guest (exit {result.returncode})\n{shown}",
+                    pytrace=False)
+    counts = _junit_counts(result.junit_path)
+    assert counts["tests"] - counts["skipped"] >= MIN_TESTS, shown
+    assert "no device-mapper" not in result.output, "the guest kernel lacked device-mapper"
+    print(shown)

@@ -1,0 +1,106 @@
+"""LVM name and option rules: refused before any command runs (no device-mapper needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from snaptree.errors import InvalidInput
+from snaptree_lvm import LvmBackend
+from snaptree_lvm.backend import check_snapshot_size
+from snaptree_lvm.lvmcmd import LvmCommands
+from snaptree_lvm.names import (
+    match_snapshot_lv,
+    parse_locator,
+    revert_old_name,
+    snapshot_lv_name,
+)
+
+BAD_LOCATORS = [
+    "vg",                      # no LV
+    "vg/lv/extra",
+    "/vg/lv",
+    "vg/",
+    "/lv",
+    "bad vg/lv",               # space
+    "vg/l$v",
+    "vg/lv;rm",
+    "vg/ünï",
+    "-vg/lv",                  # leading hyphen
+    "vg/-lv",
+    "./lv",
+    "vg/..",
+    "vg/snapshot1",            # reserved prefixes
+    "vg/pvmove0",
+    "vg/data_tmeta",           # reserved infixes
+    "vg/x_mlog",
+    "vg/x_rimage_0",
+    "vg/" + "l" * 120,         # too long once a snapshot suffix is added
+]
+
+
+@pytest.fixture
+def backend():
+    commands = LvmCommands(use_udev=False)
+    return LvmBackend(commands)
+
+
+@pytest.mark.parametrize("locator", BAD_LOCATORS)
+def test_bad_locators_refused_before_any_command(backend, locator):
+    with pytest.raises(InvalidInput) as caught:
+        backend.claim(locator)
+    assert caught.value.message.startswith("lvm: ")
+    assert "\n" not in caught.value.message
+    assert backend.commands.runner.calls == 0
+
+
+@pytest.mark.parametrize("locator, expected", [
+    ("vg0/disk", ("vg0", "disk")),
+    ("/dev/vg0/disk-1", ("vg0", "disk-1")),
+    ("v.g+_-/a.b+c_d-e", ("v.g+_-", "a.b+c_d-e")),
+    ("vg/snap", ("vg", "snap")),       # only the 'snapshot' prefix is reserved
+])
+def test_good_locators(locator, expected):
+    assert parse_locator(locator) == expected
+
+
+def test_snapshot_names_round_trip():
+    name = snapshot_lv_name("disk", "0123456789abcdef")
+    assert name == "disk.snaptree.0123456789abcdef"
+    assert match_snapshot_lv("disk", name) == "0123456789abcdef"
+    # another volume's snapshot, or a revert leftover, is not this volume's member
+    assert match_snapshot_lv("dis", name) is None
+    assert match_snapshot_lv("disk", revert_old_name("disk", "0123456789abcdef")) is None
+    nested = snapshot_lv_name(name, "fedcba9876543210")
+    assert match_snapshot_lv("disk", nested) is None
+    with pytest.raises(InvalidInput):
+        snapshot_lv_name("disk", "../../x")
+
+
+@pytest.mark.parametrize("good", ["20%ORIGIN", "100%ORIGIN", "1%ORIGIN", "512M", "1.5g", "4096k"])
+def test_snapshot_size_accepted(good):
+    assert check_snapshot_size(good) == good
+
+
+@pytest.mark.parametrize("bad", ["0%ORIGIN", "101%ORIGIN", "20%VG", "-5M", "0", "5 M", "", None,
+                                 "1M; rm", "%ORIGIN"])
+def test_snapshot_size_refused(bad):
+    with pytest.raises(InvalidInput):
+        check_snapshot_size(bad)
+
+
+def test_udev_setting_shapes_every_command():
+    without = LvmCommands(use_udev=False)
+    assert without.config_args() == ["--config", "activation{udev_sync=0 udev_rules=0}"]
+    assert without.runner.env["DM_DISABLE_UDEV"] == "1"
+    with_udev = LvmCommands(use_udev=True)
+    assert with_udev.config_args() == []
+    assert "DM_DISABLE_UDEV" not in (with_udev.runner.env or {})
+
+
+def test_capabilities_are_declared():
+    info = LvmBackend.info
+    assert info.name == "lvm"
+    assert info.capabilities.needs_root
+    assert info.capabilities.revert_to_any
+    assert not info.capabilities.atomic_batch
+    assert set(info.required_tools) == {"lvm", "kpartx"}
