@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
-from .errors import Conflict, InvalidInput, NotSupported, PluginError, VolumeNotFound
+from .errors import Conflict, InvalidInput, PermissionDenied, PluginError
 from .locking import group_lock
 from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
 from .names import check_abs_path, check_name, split_spec
@@ -79,7 +79,7 @@ class Snaptree:
         backend, locator = split_spec(spec)
         info = self.plugins.backend(backend)
         if info.capabilities.needs_root and os.geteuid() != 0:
-            raise NotSupported(
+            raise PermissionDenied(
                 f"backend {backend!r} needs root (it uses {', '.join(info.required_tools) or 'kernel ioctls'}); "
                 "run snaptree as root")
         claims = [v for v in self.plugins.hook.snaptree_claim_volume(backend=backend, locator=locator)
