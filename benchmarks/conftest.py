@@ -19,8 +19,6 @@ from .lab import Case, Lab
 
 OPS = ("create", "revert", "delete")
 LAB = pytest.StashKey[Lab]()
-#: Name under which ``benchmarks.run`` registers extra plugins for the Snaptree.
-EXTRA_PLUGIN_NAME = "snaptree_bench_extra"
 
 
 def pytest_addoption(parser):
@@ -38,9 +36,7 @@ def pytest_configure(config):
     config._bench_own_workdir = workdir is None
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="snaptree-bench-", dir="/var/tmp")
-    extra = config.pluginmanager.get_plugin(EXTRA_PLUGIN_NAME)
-    lab = Lab(PLANS[config.getoption("--bench-mode")], workdir,
-              plugins=getattr(extra, "plugins", ()))
+    lab = Lab(PLANS[config.getoption("--bench-mode")], workdir)
     lab.outcomes = []
     config.stash[LAB] = lab
 

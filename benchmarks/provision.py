@@ -251,7 +251,7 @@ def discover(snaptree, builtin: Mapping[str, Callable[[], list[Provisioner]]]) -
                 variants.append(Variant(prov.name, backend, prov,
                                         f"backend {backend!r} is not installed "
                                         "(no plugin registers it)", "builtin"))
-    return variants
+    return sorted(variants, key=lambda v: (v.backend, v.name))
 
 
 def _safe_unavailable(prov: Provisioner) -> str | None:
