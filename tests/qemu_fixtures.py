@@ -103,6 +103,9 @@ def start_daemon(directory: str, images: list[str]) -> QemuProcess:
         argv += ["--export", f"type=nbd,id=export{index},node-name=disk{index},writable=on"]
     process = QemuProcess(argv, qmp, images)
     process.nbd_socket = nbd
+    deadline = time.monotonic() + 30
+    while not os.path.exists(nbd) and time.monotonic() < deadline:  # opened after QMP
+        time.sleep(0.02)
     return process
 
 
@@ -114,7 +117,7 @@ def start_vm(directory: str, images: list[str], memory_mib: int = 128) -> QemuPr
             *accel, "-qmp", f"unix:{qmp},server=on,wait=off"]
     argv += _blockdev_args(images)
     for index in range(len(images)):
-        argv += ["-device", f"virtio-blk-pci,drive=disk{index},id=vd{index}"]
+        argv += ["-device", f"virtio-blk-pci,drive=disk{index},id=vd{index},share-rw=on"]
     return QemuProcess(argv, qmp, images)
 
 

@@ -85,6 +85,12 @@ class Qcow2Backend(VolumeBackend):
         if operation == "snapshot":
             self._mode(ctx)
             return
+        if operation == "revert":
+            snapshot = ctx.scratch.get("snapshot")
+            if snapshot is not None and snapshot.memory is not None and snapshot.memory.kind == "file":
+                raise NotSupported(
+                    "qcow2: restoring a memory file needs QEMU restarted with -incoming, which "
+                    "snaptree cannot do; snapshot with mode internal to revert with memory")
         live = self._live(ctx.group)
         members = ctx.scratch.get("members", [])
         if operation == "revert" and live is not None:
@@ -102,12 +108,6 @@ class Qcow2Backend(VolumeBackend):
                         f"qcow2: snapshot {ctx.snapshot_name!r} has no VM memory, and QEMU loads "
                         "only snapshots with memory into a running VM - shut it down to revert "
                         "offline")
-        if operation == "revert":
-            snapshot = ctx.scratch.get("snapshot")
-            if snapshot is not None and snapshot.memory is not None and snapshot.memory.kind == "file":
-                raise NotSupported(
-                    "qcow2: restoring a memory file needs QEMU restarted with -incoming, which "
-                    "snaptree cannot do; snapshot with mode internal to revert with memory")
 
     def snapshot(self, volumes, ctx):
         mode = self._mode(ctx)

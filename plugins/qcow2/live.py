@@ -83,6 +83,9 @@ class LiveOps:
                                          "format": "qcow2", "mode": "absolute-paths"}})
                 members.append(external_member(volume, snapshot_id, active))
         try:
+            # No completion-mode "grouped": QEMU 7.2 refuses it for snapshot
+            # actions (it concerns backup jobs only); the transaction itself
+            # prepares every action before committing any.
             session.execute("transaction", {"actions": actions})
         except QMPFailed:
             if mode == "external":  # QEMU leaves the overlay files it created

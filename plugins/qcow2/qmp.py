@@ -74,11 +74,21 @@ class QMPSession:
     # -- connection -----------------------------------------------------------
 
     def __enter__(self) -> "QMPSession":
-        try:
-            self._run(self._client.connect(self.socket_path), "connect")
-        except BaseException:
-            self._loop.close()
-            raise
+        for attempt in range(3):
+            try:
+                self._run(self._client.connect(self.socket_path), "connect")
+                return self
+            except BackendError:
+                # QEMU serves one monitor client at a time; the previous
+                # session may still be closing on its side (seen as EINVAL).
+                if attempt == 2:
+                    self._loop.close()
+                    raise
+                self._client = QMPClient("snaptree")
+                time.sleep(0.05 * (attempt + 1))
+            except BaseException:
+                self._loop.close()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,7 +105,7 @@ class QMPSession:
             return self._loop.run_until_complete(
                 asyncio.wait_for(coro, timeout or self.timeout))
         except ExecuteError as err:
-            raise QMPFailed(f"qcow2: QEMU refused {what}: {err.error_desc}",
+            raise QMPFailed(f"qcow2: QEMU refused {what}: {err}",
                             command=what, error_class=err.error_class) from err
         except asyncio.TimeoutError as err:
             raise BackendError(f"qcow2: QMP {what} on {self.socket_path} timed out") from err
