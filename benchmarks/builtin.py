@@ -13,10 +13,11 @@ import os
 import shutil
 from typing import Any, Callable
 
-from .primitives import LVM_ENV, BtrfsIoctl, FileClone, LvmSnapshot, QemuImgSnapshot
+from .primitives import BtrfsIoctl, FileClone, LvmSnapshot, QemuImgSnapshot, lvm
 from .provision import BenchVolume, Provisioner
 from .snapper import Snapper
-from .storage import CAPACITY_MIB, MIB, ScratchFS, fill_file, fs_type, run, write_pattern
+from .storage import (CAPACITY_MIB, MIB, ScratchFS, fill_file, fs_type, has_device_mapper, run,
+                      write_pattern)
 
 __all__ = ["builtin_provisioners", "RawProvisioner", "BtrfsProvisioner",
            "Qcow2Provisioner", "LvmProvisioner"]
@@ -201,9 +202,9 @@ class LvmProvisioner:
     def unavailable(self) -> str | None:
         if os.geteuid() != 0:
             return "needs root"
-        if not os.path.exists("/dev/mapper/control"):
-            return "no device-mapper in this kernel (/dev/mapper/control missing)"
-        for tool in ("lvcreate", "vgcreate", "pvcreate", "losetup"):
+        if not has_device_mapper():
+            return "no device-mapper in this kernel"
+        for tool in ("lvm", "losetup"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed"
         return None
@@ -215,14 +216,15 @@ class LvmProvisioner:
         with open(self.image, "wb") as image:
             image.truncate(48 * 1024 * MIB)
         self.loop = run(["losetup", "-f", "--show", self.image]).strip()
-        run(["pvcreate", "-q", "-f", self.loop], env=LVM_ENV)
-        run(["vgcreate", "-q", self.vg, self.loop], env=LVM_ENV)
+        lvm("pvcreate", "-f", self.loop)
+        lvm("vgcreate", self.vg, self.loop)
 
     def stop(self) -> None:
-        for argv in (["vgremove", "-q", "-f", self.vg], ["pvremove", "-q", "-f", self.loop or ""],
-                     ["losetup", "-d", self.loop or ""]):
+        steps = [lambda: lvm("vgremove", "-f", self.vg), lambda: lvm("pvremove", "-f", self.loop),
+                 lambda: run(["losetup", "-d", self.loop])]
+        for step in steps if self.loop else ():
             try:
-                run(argv, env=LVM_ENV)
+                step()
             except RuntimeError:
                 pass
         if self.image and os.path.exists(self.image):
@@ -230,20 +232,19 @@ class LvmProvisioner:
         self.loop = None
 
     def used_bytes(self) -> int | None:
-        out = run(["vgs", "--noheadings", "--units", "b", "--nosuffix",
-                   "-o", "vg_size,vg_free", self.vg], env=LVM_ENV).split()
+        out = lvm("vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_size,vg_free",
+                  self.vg).split()
         return int(out[0]) - int(out[1])
 
     def make_volume(self, name: str, size_mib: int, files: int = 0) -> BenchVolume:
-        run(["lvcreate", "-q", "-y", "-L", f"{max(size_mib, CAPACITY_MIB)}m", "-n", name, self.vg],
-            env=LVM_ENV)
+        lvm("lvcreate", "-y", "-L", f"{max(size_mib, CAPACITY_MIB)}m", "-n", name, self.vg)
         device = f"/dev/{self.vg}/{name}"
         writer = _file_writer(device)
         if size_mib:
             writer(0, size_mib * MIB, 0)
 
         def cleanup() -> None:
-            run(["lvremove", "-q", "-f", f"{self.vg}/{name}"], env=LVM_ENV)
+            lvm("lvremove", "-f", f"{self.vg}/{name}")
 
         return BenchVolume(spec=f"lvm:{self.vg}/{name}", write=writer, cleanup=cleanup,
                            data={"vg": self.vg, "lv": name, "device": device})

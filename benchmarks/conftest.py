@@ -8,7 +8,6 @@ pytest-benchmark's own output).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 

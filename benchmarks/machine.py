@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from .storage import fs_type
+from .storage import fs_type, has_device_mapper
 
 __all__ = ["describe_machine"]
 
@@ -58,7 +58,7 @@ def describe_machine(workdir: str) -> dict:
         "workdir": workdir,
         "workdir_filesystem": fs_type(workdir),
         "root": os.geteuid() == 0,
-        "device_mapper": os.path.exists("/dev/mapper/control"),
+        "device_mapper": has_device_mapper(),
         "tools": {name: _tool_version(argv) for name, argv in {
             "qemu-img": ["qemu-img", "--version"],
             "btrfs": ["btrfs", "--version"],

@@ -17,7 +17,7 @@ from .provision import BenchVolume
 from .storage import run
 
 __all__ = ["FileClone", "BtrfsIoctl", "QemuImgSnapshot", "LvmSnapshot",
-           "btrfs_snapshot", "btrfs_destroy"]
+           "btrfs_snapshot", "btrfs_destroy", "lvm"]
 
 FICLONE = 0x40049409
 
@@ -159,6 +159,12 @@ class QemuImgSnapshot:
 
 #: LVM without a udev daemon: do not wait for udev to create device nodes.
 LVM_ENV = {"DM_DISABLE_UDEV": "1", "LVM_SUPPRESS_FD_WARNINGS": "1"}
+_NO_UDEV = ["--config", "activation{udev_sync=0 udev_rules=0}"]
+
+
+def lvm(command: str, *args: str) -> str:
+    """Run ``lvm COMMAND`` without waiting for udev (hosts and guests have none)."""
+    return run(["lvm", command, *_NO_UDEV, *args], env=LVM_ENV)
 
 
 class LvmSnapshot:
@@ -178,12 +184,11 @@ class LvmSnapshot:
         return f"{volume.data['vg']}/prim-{tag}-{volume.data['lv']}"
 
     def create(self, volume: BenchVolume, tag: str) -> None:
-        run(["lvcreate", "-q", "-s", "-L", f"{self.cow_mib}m", "-n",
-             self._name(volume, tag).split("/")[1], f"{volume.data['vg']}/{volume.data['lv']}"],
-            env=LVM_ENV)
+        lvm("lvcreate", "-s", "-L", f"{self.cow_mib}m", "-n", self._name(volume, tag).split("/")[1],
+            f"{volume.data['vg']}/{volume.data['lv']}")
 
     def revert(self, volume: BenchVolume, tag: str) -> None:
-        run(["lvconvert", "-q", "--merge", self._name(volume, tag)], env=LVM_ENV)
+        lvm("lvconvert", "--merge", self._name(volume, tag))
 
     def delete(self, volume: BenchVolume, tag: str) -> None:
-        run(["lvremove", "-q", "-f", self._name(volume, tag)], env=LVM_ENV)
+        lvm("lvremove", "-f", self._name(volume, tag))
