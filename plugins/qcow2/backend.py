@@ -80,8 +80,11 @@ class Qcow2Backend(VolumeBackend):
         return Volume("qcow2", path)
 
     def prepare(self, operation, volumes, ctx):
+        # The format was checked when the volume was claimed; a qemu-img run
+        # per disk here would cost more than the snapshot itself.
         for volume in volumes:
-            self.claim(volume.locator)
+            if not os.path.isfile(active_image(volume.locator)):
+                raise VolumeNotFound(f"qcow2 image {active_image(volume.locator)} does not exist")
         if operation == "snapshot":
             self._mode(ctx)
             return

@@ -1,0 +1,136 @@
+"""qcow2 benchmark: snaptree's group create against the bare primitives.
+
+Measured in one run, on the same kind of disks (16 MiB qcow2 images served by
+a ``qemu-storage-daemon`` with NBD exports):
+
+* ``snaptree``: ``Snaptree.create`` of a group of 1, 4 and 16 disks
+  (internal mode; one QMP connection per operation, plus catalog work);
+* ``transaction``: one bare QMP ``transaction`` over the same disks;
+* ``separate``: one ``blockdev-snapshot-internal-sync`` per disk;
+* ``qemu_img``: ``qemu-img snapshot -c`` per disk, QEMU not running;
+* ``memory``: ``create --memory`` of an OS-less VM with 128 MiB (and 1 GiB
+  unless ``quick``) of RAM, with the time the guest stayed paused.
+
+Each figure is the median of a few rounds, snapshots deleted between rounds
+(untimed).  ``measure(quick)`` returns plain numbers and ratios; run
+``python -m benchmarks.bench_qcow2`` to print them.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from qemu_fixtures import make_images, start_daemon, start_vm  # noqa: E402
+
+from snaptree import Snaptree  # noqa: E402
+from snaptree_qcow2.qmp import QMPSession  # noqa: E402
+
+__all__ = ["measure"]
+
+
+def _median(rounds: int, action: Callable[[int], Any], cleanup: Callable[[int], Any]) -> float:
+    times = []
+    for index in range(rounds):
+        started = time.perf_counter()
+        action(index)
+        times.append(time.perf_counter() - started)
+        cleanup(index)
+    return statistics.median(times)
+
+
+def _disks(directory: str, count: int) -> dict[str, float]:
+    images = make_images(directory, count)
+    rounds = 5
+    out: dict[str, float] = {}
+    daemon = start_daemon(directory, images)
+    nodes = [f"disk{i}" for i in range(count)]
+
+    def qmp_delete(tag: str) -> None:
+        with QMPSession(daemon.qmp_socket) as session:
+            for node in nodes:
+                session.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": tag})
+
+    try:
+        with Snaptree(os.path.join(directory, "state")) as api:
+            api.create_group("g", [f"qcow2:{p}" for p in images], qmp_socket=daemon.qmp_socket)
+            out["snaptree"] = _median(rounds, lambda i: api.create("g", f"s{i}"),
+                                      lambda i: api.delete("g", f"s{i}"))
+
+        def transaction(i: int) -> None:
+            with QMPSession(daemon.qmp_socket) as session:
+                session.execute("transaction", {"actions": [
+                    {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": f"t{i}"}}
+                    for n in nodes]})
+        out["transaction"] = _median(rounds, transaction, lambda i: qmp_delete(f"t{i}"))
+
+        def separate(i: int) -> None:
+            for node in nodes:  # a separate command (and connection) per disk
+                with QMPSession(daemon.qmp_socket) as session:
+                    session.execute("blockdev-snapshot-internal-sync", {"device": node, "name": f"p{i}"})
+        out["separate"] = _median(rounds, separate, lambda i: qmp_delete(f"p{i}"))
+    finally:
+        daemon.quit()
+
+    def qemu_img(i: int) -> None:
+        for image in images:
+            subprocess.run(["qemu-img", "snapshot", "-c", f"q{i}", image], check=True)
+
+    def qemu_img_delete(i: int) -> None:
+        for image in images:
+            subprocess.run(["qemu-img", "snapshot", "-d", f"q{i}", image], check=True)
+    out["qemu_img"] = _median(rounds, qemu_img, qemu_img_delete)
+    out["ratio_vs_transaction"] = out["snaptree"] / out["transaction"]
+    out["qemu_img_over_snaptree"] = out["qemu_img"] / out["snaptree"]
+    return out
+
+
+def _memory(directory: str, mib: int, mode: str) -> dict[str, float]:
+    images = make_images(directory, 1)
+    vm = start_vm(directory, images, memory_mib=mib)
+    try:
+
+        with Snaptree(os.path.join(directory, "state")) as api:
+            api.create_group("vm", [f"qcow2:{images[0]}"], qmp_socket=vm.qmp_socket,
+                             options={"qcow2.mode": mode})
+            real = api.coordinator.context
+
+            def context(*args, **kwargs):
+                ctx = real(*args, **kwargs)
+                contexts.append(ctx)
+                return ctx
+            contexts: list = []
+            api.coordinator.context = context
+            started = time.perf_counter()
+            api.create("vm", "ram", memory=True)
+            total = time.perf_counter() - started
+            paused = [c.scratch["qcow2.paused_seconds"] for c in contexts
+                      if "qcow2.paused_seconds" in c.scratch]
+    finally:
+        vm.kill()
+    return {"total_s": total, "paused_s": paused[0] if paused else float("nan")}
+
+
+def measure(quick: bool = False) -> dict[str, Any]:
+    """Run the qcow2 benchmark; return ``{"disks": {n: {...}}, "memory": {...}}``."""
+    result: dict[str, Any] = {"disks": {}, "memory": {}}
+    for count in (1, 4, 16):
+        with tempfile.TemporaryDirectory(prefix="bench-qcow2-") as directory:
+            result["disks"][count] = _disks(directory, count)
+    for mib in ((128,) if quick else (128, 1024)):
+        for mode in ("internal", "external"):
+            with tempfile.TemporaryDirectory(prefix="bench-qcow2-") as directory:
+                result["memory"][f"{mib}MiB-{mode}"] = _memory(directory, mib, mode)
+    return result
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(measure(quick="--quick" in sys.argv), indent=2))
