@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
@@ -12,17 +11,42 @@ from test_raw import raw_factory
 
 pytestmark = pytest.mark.crash
 
+OPERATIONS = ["create", "revert", "delete"]
+
+
+def _cleanup(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
 
 def _raw_volumes(base: str):
     factory = raw_factory(base)
     return [factory(), factory()]
 
 
-@pytest.mark.parametrize("operation", ["create", "revert", "delete"])
-def test_raw_survives_every_kill_point(operation, tmp_path, crash_totals):
-    stats = walk_kill_points("raw", operation, str(tmp_path), _raw_volumes,
-                             cleanup=lambda d: shutil.rmtree(d, ignore_errors=True))
+def _qcow2_volumes(mode: str):
+    from qemu_fixtures import make_images
+    from test_qcow2 import _handle
+
+    def make(base: str):
+        return [_handle(path, base, mode) for path in make_images(base, 2)]
+    return make
+
+
+def _check(stats, crash_totals):
     crash_totals.append(stats)
     assert stats.tried >= 6
     assert stats.failures == [], "\n".join(stats.failures)
     assert stats.survived == stats.tried
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_raw_survives_every_kill_point(operation, tmp_path, crash_totals):
+    _check(walk_kill_points("raw", operation, str(tmp_path), _raw_volumes, _cleanup), crash_totals)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("mode", ["internal", "external"])
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_qcow2_offline_survives_every_kill_point(operation, mode, tmp_path, crash_totals):
+    stats = walk_kill_points(f"qcow2-{mode[:3]}", operation, str(tmp_path), _qcow2_volumes(mode), _cleanup)
+    _check(stats, crash_totals)
