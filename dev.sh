@@ -19,7 +19,7 @@ setup() {
         fi
         echo "dev.sh: installing Debian packages: ${missing[*]}"
         apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
     fi
     if [[ ! -x "$VENV/bin/python" ]]; then
         python3 -m venv "$VENV"

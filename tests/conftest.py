@@ -18,8 +18,9 @@ def pytest_collection_modifyitems(config, items):
     reasons = {
         "root": None if is_root() else "needs root for loop devices and mounts",
         "btrfs": None if shutil.which("mkfs.btrfs") else "needs btrfs-progs (mkfs.btrfs)",
-        "qemu": None if shutil.which("qemu-img") and shutil.which("qemu-system-x86_64")
-        else "needs qemu-utils and qemu-system-x86",
+        "qemu": None if all(shutil.which(t) for t in (
+            "qemu-img", "qemu-io", "qemu-storage-daemon", "qemu-system-x86_64"))
+        else "needs qemu-utils and qemu-system-x86 (qemu-img, qemu-io, qemu-storage-daemon)",
     }
     for item in items:
         for marker, reason in reasons.items():
