@@ -260,7 +260,12 @@ class Coordinator:
                 op_id = self.catalog.journal_begin(
                     group_name, "revert", snap.snapshot_id, {"previous": previous}, db)
             done: list[str] = []
+            suspended = False
             try:
+                if snap.memory is not None:
+                    # every disk, of any backend, must stand still while the VM goes back
+                    suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
+                                                group=group, ctx=ctx))
                 for backend, volumes in batches:
                     members = [members_by_spec[v.spec] for v in volumes]
                     self._call(f"revert:{backend}", self.hook.snaptree_revert,
@@ -272,10 +277,18 @@ class Coordinator:
                                           group=group, snapshot=snap, ctx=ctx)
                     if not restored:
                         raise NotSupported(f"no plugin can restore VM memory for group {group_name!r}")
+                if suspended:
+                    self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
+                    suspended = False
                 with self.catalog.write("revert-commit") as db:
                     self.catalog.set_current(group_name, snap.snapshot_id, db)
                     self.catalog.journal_finish(op_id, "done", db)
             except BaseException as err:
+                if suspended:
+                    try:
+                        self.hook.snaptree_vm_resume(group=group, ctx=ctx)
+                    except Exception:
+                        pass  # the revert error is the one to report
                 message = str(err) or type(err).__name__
                 if done:
                     message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"

@@ -74,7 +74,8 @@ def test_memory_snapshot_hook_order(tmp_path, vm, mode):
         spy.calls.clear()
         if mode == "internal":
             api.revert("vm", "ram")
-            assert spy.calls == ["snaptree_revert", "snaptree_memory_restore"]
+            assert spy.calls == ["snaptree_vm_suspend", "snaptree_revert", "snaptree_memory_restore",
+                                 "snaptree_vm_resume"]
         spy.calls.clear()
         api.delete("vm", "ram")
         assert spy.calls == ["snaptree_memory_delete"]
