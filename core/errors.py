@@ -20,7 +20,8 @@ so the root cause stays reachable for a developer::
     │   ├── QMPFailed                         QEMU answered a QMP command with an error
     │   ├── OutOfSpace
     │   ├── ToolMissing                       a required program is not on PATH
-    │   └── VolumeInUse                       e.g. an image a running QEMU holds
+    │   ├── VolumeInUse                       e.g. an image a running QEMU holds
+    │   └── DeviceTimeout                     a device node did not appear / go away in time
     ├── NotSupported                  exit 7  the backend cannot do what was asked
     ├── StateError                    exit 8  catalog / state directory problems
     │   └── CatalogCorrupt
@@ -46,6 +47,7 @@ __all__ = [
     "OutOfSpace",
     "ToolMissing",
     "VolumeInUse",
+    "DeviceTimeout",
     "NotSupported",
     "StateError",
     "CatalogCorrupt",
@@ -139,6 +141,10 @@ class ToolMissing(BackendError):
 
 class VolumeInUse(BackendError):
     pass
+
+
+class DeviceTimeout(BackendError):
+    """A block device node did not appear or go away in time (:mod:`snaptree.devices`)."""
 
 
 class NotSupported(SnaptreeError):
