@@ -30,9 +30,12 @@ def _series(results: dict, column: str, fixed: dict) -> dict[tuple[str, str], di
 
 
 def _sweep_chart(results: dict, path: str, column: str, fixed: dict, xlabel: str,
-                 label_of=str, title: str = "") -> bool:
+                 label_of=str, title: str = "", only=None) -> bool:
     series = _series(results, column, fixed)
-    if not series:
+    if only is not None:
+        series = {key: {x: v for x, v in points.items() if x in only}
+                  for key, points in series.items()}
+    if not any(series.values()):
         return False
     xs = sorted({x for points in series.values() for x in points})
     variants = list(dict.fromkeys(v for v, _ in series))
@@ -101,15 +104,18 @@ def draw_charts(results: dict, folder: str) -> list[str]:
         if drawn:
             made.append(name)
 
+    plan = results.get("plan") or {}
     keep(LATENCY_CHART, _sweep_chart(
         results, os.path.join(folder, LATENCY_CHART), "size_mib", {"volumes": 1, "files": 0},
-        "data in the volume", fmt_size, "snapshot latency against data (solid: snaptree, dashed: primitive)"))
+        "data in the volume", fmt_size, "snapshot latency against data (solid: snaptree, dashed: primitive)",
+        only=plan.get("sizes_mib")))
     groups = [e for e in results["comparisons"] if e["volumes"] > 1]
     if groups:
+        each = plan.get("group_volume_mib", groups[0]["size_mib"])
         keep("latency_vs_volumes.png", _sweep_chart(
             results, os.path.join(folder, "latency_vs_volumes.png"), "volumes",
-            {"size_mib": groups[0]["size_mib"], "files": 0}, "volumes in the group",
-            title=f"group latency ({fmt_size(groups[0]['size_mib'])} per volume)"))
+            {"size_mib": each, "files": 0}, "volumes in the group",
+            title=f"group latency ({fmt_size(each)} per volume)"))
     if any(e["files"] for e in results["comparisons"]):
         keep("latency_vs_files.png", _sweep_chart(
             results, os.path.join(folder, "latency_vs_files.png"), "files",

@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 
+import attrs
 import pytest
 
 from .config import PLANS
@@ -50,7 +51,7 @@ def pytest_unconfigure(config):
         path = config.getoption("--bench-records")
         if path:
             with open(path, "w", encoding="utf-8") as out:
-                json.dump({"plan": lab.plan.mode, "workdir": lab.workdir,
+                json.dump({"plan": attrs.asdict(lab.plan), "workdir": lab.workdir,
                            "variants": [_variant_dict(lab, v) for v in lab.variants],
                            "records": lab.records, "outcomes": lab.outcomes}, out, indent=2)
         if config._bench_own_workdir:

@@ -100,7 +100,9 @@ def render_markdown(results: dict, *, chart: str | None = None) -> str:
         for v in results["variants"]))
     out.append("")
 
+    plan = results.get("plan") or {}
     sizes = _values(results, "size_mib", {"volumes": 1, "files": 0})
+    sizes = [s for s in sizes if s in plan.get("sizes_mib", sizes)]
     if sizes:
         out += ["## Latency against the amount of data (one volume)", ""]
         out += _table(["variant", "operation", *map(fmt_size, sizes)],
@@ -109,7 +111,7 @@ def render_markdown(results: dict, *, chart: str | None = None) -> str:
 
     group_entries = [e for e in results["comparisons"] if e["volumes"] > 1]
     if group_entries:
-        each = group_entries[0]["size_mib"]
+        each = plan.get("group_volume_mib", group_entries[0]["size_mib"])
         counts = _values(results, "volumes", {"size_mib": each, "files": 0})
         out += [f"## Groups: latency against the number of volumes ({fmt_size(each)} each)", ""]
         out += _table(["variant", "operation", *(f"{n} volume{'s' if n > 1 else ''}" for n in counts)],

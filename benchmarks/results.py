@@ -88,6 +88,7 @@ def build_results(*, bench: dict, records: dict, machine: dict, extras: dict[str
         "schema": SCHEMA,
         "snaptree_version": version,
         "mode": mode,
+        "plan": records.get("plan", {}),
         "started": started,
         "seconds": round(seconds, 1),
         "machine": machine,
