@@ -1,1 +1,7 @@
-"""snaptree's btrfs backend (entry point ``btrfs``): not written yet."""
+"""snaptree's btrfs backend (entry point ``btrfs``)."""
+
+from .backend import BtrfsBackend
+
+plugin = BtrfsBackend()
+
+__all__ = ["BtrfsBackend", "plugin"]

@@ -1,0 +1,270 @@
+"""The btrfs backend: a subvolume snapshotted read-only by the kernel.
+
+Snapshots of the subvolume ``/pool/vm1`` live in the plain directory
+``/pool/.vm1.snaptree/`` as read-only subvolumes named by snapshot id.
+Revert makes a writable snapshot of the chosen one as ``/pool/.vm1.snaptree-revert``
+and swaps it with ``/pool/vm1`` in one ``renameat2(RENAME_EXCHANGE)``, so a
+crash leaves the old or the new tree at ``/pool/vm1``, never a mix; the
+replaced tree, now under the temporary name, is then destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volume, VolumeBackend
+from snaptree import faults
+from snaptree.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    SnaptreeError,
+    VolumeNotFound,
+)
+from snaptree.names import check_abs_path
+
+from . import ioctl
+from .ioctl import map_oserror
+
+__all__ = ["BtrfsBackend", "snapshot_dir", "revert_temp"]
+
+log = logging.getLogger("snaptree.btrfs")
+
+_MEMBER_NAME = re.compile(r"^[0-9a-f]{16}$")
+
+
+def snapshot_dir(subvolume: str) -> str:
+    """The directory holding the snapshots of ``subvolume``."""
+    parent, base = os.path.split(subvolume)
+    return os.path.join(parent, f".{base}.snaptree")
+
+
+def revert_temp(subvolume: str) -> str:
+    """The temporary subvolume a revert swaps in (and the replaced tree after)."""
+    parent, base = os.path.split(subvolume)
+    return os.path.join(parent, f".{base}.snaptree-revert")
+
+
+def _mount_points() -> set[str]:
+    points = set()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            field = line.split(" ")[4]
+            # mountinfo escapes space, tab, newline and backslash as octal
+            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field))
+    return points
+
+
+class _Dir:
+    """An open directory file descriptor, closed on exit."""
+
+    def __init__(self, path: str):
+        self.fd = ioctl.open_dir(path)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+class BtrfsBackend(VolumeBackend):
+    """Snapshots of btrfs subvolumes through the kernel's subvolume ioctls."""
+
+    info = BackendInfo(
+        name="btrfs",
+        description="btrfs subvolumes; read-only snapshots via the subvolume ioctls",
+        # Creating a snapshot works unprivileged, but destroying one needs
+        # CAP_SYS_ADMIN (unless mounted user_subvol_rm_allowed), and so do
+        # revert's cleanup and the quota tree search behind space_used.
+        capabilities=Capabilities(live=False, internal=False, external=True, read_only=True,
+                                  revert_to_any=True, atomic_batch=False, memory_state=False,
+                                  needs_root=True),
+    )
+
+    # -- claiming and checks -----------------------------------------------------
+
+    def claim(self, locator: str) -> Volume:
+        path = check_abs_path(locator, "btrfs subvolume path")
+        try:
+            st = os.stat(path)
+            magic = ioctl.fs_type(path)
+        except FileNotFoundError:
+            raise VolumeNotFound(f"btrfs: {path} does not exist") from None
+        except OSError as err:
+            raise map_oserror(err, f"checking {path}") from err
+        if magic != ioctl.BTRFS_SUPER_MAGIC:
+            raise InvalidInput(f"btrfs: {path} is not on a btrfs filesystem")
+        if not ioctl.is_subvolume(st):
+            raise InvalidInput(f"btrfs: {path} is not a btrfs subvolume "
+                               "(make one with 'btrfs subvolume create')")
+        if path == "/" or path in _mount_points():
+            raise InvalidInput(f"btrfs: {path} is a mount point; revert swaps the subvolume "
+                               "by renaming it, so give a subvolume inside a mounted btrfs")
+        return Volume("btrfs", path)
+
+    def prepare(self, operation, volumes, ctx):
+        for volume in volumes:
+            self.claim(volume.locator)
+            if os.statvfs(volume.locator).f_flag & os.ST_RDONLY:
+                raise PermissionDenied(f"btrfs: {volume.locator} is on a read-only filesystem")
+            if operation == "snapshot":
+                target = os.path.join(snapshot_dir(volume.locator), ctx.snapshot_id)
+                if os.path.lexists(target):
+                    raise Conflict(f"btrfs: snapshot {target} already exists")
+        if operation == "revert":
+            for member in ctx.scratch.get("members", []):
+                self._check_member_path(member)
+                try:
+                    st = os.stat(member.ref)
+                except FileNotFoundError:
+                    raise NotFound(f"btrfs: snapshot {member.ref} is missing; cannot revert") from None
+                if not ioctl.is_subvolume(st):
+                    raise NotFound(f"btrfs: {member.ref} is not a snapshot subvolume; cannot revert")
+                self._refuse_nested(member.locator)
+
+    def _check_member_path(self, member: MemberSnapshot) -> None:
+        # A catalog entry must never make us destroy a subvolume elsewhere.
+        expected = os.path.join(snapshot_dir(member.locator), member.snapshot_id)
+        if member.ref != expected or not _MEMBER_NAME.match(member.snapshot_id):
+            raise InvalidInput(f"btrfs: member {member.ref!r} is not where snaptree keeps "
+                               f"snapshots of {member.locator}")
+
+    def _refuse_nested(self, subvolume: str) -> None:
+        try:
+            with _Dir(subvolume) as fd:
+                nested = ioctl.child_subvolumes(fd, ioctl.subvolume_id(fd))
+        except OSError as err:
+            raise map_oserror(err, f"inspecting {subvolume}") from err
+        if nested:
+            raise NotSupported(f"btrfs: {subvolume} contains {len(nested)} nested subvolume(s); "
+                               "a snapshot does not hold them, so a revert would lose them")
+
+    # -- the operations ---------------------------------------------------------
+
+    def snapshot(self, volumes, ctx):
+        members: list[MemberSnapshot] = []
+        try:
+            for volume in volumes:
+                members.append(self._snapshot_one(volume, ctx.snapshot_id))
+                ctx.progress(len(members), len(volumes), f"snapshot {volume.locator}")
+        except BaseException:
+            self.delete(members, ctx)
+            raise
+        return members
+
+    def _snapshot_one(self, volume: Volume, snapshot_id: str) -> MemberSnapshot:
+        folder = snapshot_dir(volume.locator)
+        target = os.path.join(folder, snapshot_id)
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            with _Dir(volume.locator) as source, _Dir(folder) as dest:
+                ioctl.create_snapshot(source, dest, snapshot_id, readonly=True)
+        except OSError as err:
+            raise map_oserror(err, f"snapshotting {volume.locator} to {target}") from err
+        return MemberSnapshot(backend="btrfs", locator=volume.locator,
+                              snapshot_id=snapshot_id, ref=target)
+
+    def revert(self, members, ctx):
+        for member in members:
+            self._check_member_path(member)
+            self._revert_one(member)
+            ctx.progress(1, 1, f"revert {member.locator}")
+
+    def _revert_one(self, member: MemberSnapshot) -> None:
+        subvolume = member.locator
+        parent, base = os.path.split(subvolume)
+        temp = os.path.basename(revert_temp(subvolume))
+        try:
+            with _Dir(parent) as parent_fd:
+                if os.path.lexists(os.path.join(parent, temp)):
+                    ioctl.destroy_subvolume(parent_fd, temp)
+                try:
+                    source = _Dir(member.ref)
+                except FileNotFoundError:
+                    raise VolumeNotFound(f"btrfs: snapshot {member.ref} is missing") from None
+                with source as source_fd:
+                    ioctl.create_snapshot(source_fd, parent_fd, temp, readonly=False)
+                faults.checkpoint("btrfs:revert:made")
+                ioctl.rename_exchange(parent_fd, temp, base)
+                os.fsync(parent_fd)
+                faults.checkpoint("btrfs:revert:swapped")
+                # The old tree now sits under the temporary name.
+                ioctl.destroy_subvolume(parent_fd, temp)
+                os.fsync(parent_fd)
+        except SnaptreeError:
+            raise
+        except OSError as err:
+            raise map_oserror(err, f"reverting {subvolume} to {member.ref}") from err
+
+    def delete(self, members, ctx):
+        for member in members:
+            self._check_member_path(member)
+            folder, name = os.path.split(member.ref)
+            try:
+                with _Dir(folder) as folder_fd:
+                    if os.path.lexists(member.ref):
+                        ioctl.destroy_subvolume(folder_fd, name)
+                        os.fsync(folder_fd)
+            except FileNotFoundError:
+                pass  # already gone: deletes are retried after a crash
+            except OSError as err:
+                raise map_oserror(err, f"deleting snapshot {member.ref}") from err
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # other snapshots remain, or already gone
+
+    def list(self, volume):
+        folder = snapshot_dir(volume.locator)
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise map_oserror(err, f"listing {folder}") from err
+        found = []
+        for name in names:
+            path = os.path.join(folder, name)
+            if not _MEMBER_NAME.match(name):
+                continue
+            try:
+                if not ioctl.is_subvolume(os.lstat(path)):
+                    continue
+            except FileNotFoundError:
+                continue
+            found.append(MemberSnapshot(backend="btrfs", locator=volume.locator,
+                                        snapshot_id=name, ref=path))
+        return found
+
+    def space_used(self, member):
+        try:
+            with _Dir(member.ref) as fd:
+                # qgroup numbers are brought up to date at transaction commit
+                ioctl.syncfs(fd)
+                usage = ioctl.qgroup_usage(fd, ioctl.subvolume_id(fd))
+        except OSError as err:
+            log.debug("btrfs: no space figures for %s: %s", member.ref, err)
+            return SpaceUsage()
+        if usage is None:
+            return SpaceUsage()
+        exclusive, referenced = usage
+        return SpaceUsage(exclusive_bytes=exclusive, referenced_bytes=referenced)
+
+    def recover_volume(self, volume):
+        done = []
+        temp = revert_temp(volume.locator)
+        if os.path.lexists(temp):
+            parent, name = os.path.split(temp)
+            try:
+                with _Dir(parent) as parent_fd:
+                    ioctl.destroy_subvolume(parent_fd, name)
+                    os.fsync(parent_fd)
+            except OSError as err:
+                raise map_oserror(err, f"removing the half-done revert {temp}") from err
+            done.append(f"removed the temporary subvolume {temp} of an interrupted revert")
+        return done
