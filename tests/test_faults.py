@@ -138,3 +138,18 @@ def test_state_dir_created_private_for_nobody(tmp_path):
     state = home / ".local" / "state" / "snaptree"
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     assert oct(os.stat(state / "catalog.sqlite").st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.root
+def test_non_root_user_asking_for_root_only_backend(tmp_path):
+    import tempfile
+    home = tempfile.mkdtemp(dir="/tmp")
+    shutil.chown(home, "nobody")
+    env = {"HOME": home, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+         "snaptree", "group", "create", "vm", f"btrfs:{home}"], capture_output=True, text=True, env=env)
+    shutil.rmtree(home, ignore_errors=True)
+    assert result.returncode == 9, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "backend 'btrfs' needs root" in result.stderr

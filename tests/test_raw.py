@@ -88,3 +88,38 @@ def test_revert_keeps_mode(tmp_path):
         api.revert("g", "s")
     assert img.read_bytes() == b"a" * 8192
     assert os.stat(img).st_mode & 0o777 == 0o640
+
+
+from btrfs_fixtures import btrfs_mount  # noqa: E402,F401  (fixture)
+
+
+@pytest.mark.root
+@pytest.mark.btrfs
+class TestRawReflinkPath(BackendContract):
+    """On btrfs the same contract holds with FICLONE reflinks."""
+
+    @pytest.fixture
+    def make_volume(self, btrfs_mount):  # noqa: F811
+        return raw_factory(btrfs_mount)
+
+
+@pytest.mark.root
+@pytest.mark.btrfs
+def test_reflink_is_used_on_btrfs_and_revert_is_exact(btrfs_mount, tmp_path):  # noqa: F811
+    from snaptree import Snaptree
+    img = os.path.join(btrfs_mount, "big.img")
+    with open(img, "wb") as f:
+        f.write(os.urandom(32 * 1024 * 1024))
+    before = _digest(img)
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{img}"])
+        snap = api.create("g", "s")
+        assert snap.members[0].data["method"] == "reflink"
+        with open(img, "r+b") as f:
+            f.seek(5 * 1024 * 1024)
+            f.write(b"changed" * 1000)
+        assert _digest(img) != before
+        api.revert("g", "s")
+        assert _digest(img) == before
+        usage = api.space_used("g", "s")[f"raw:{img}"]
+        assert usage.referenced_bytes >= 32 * 1024 * 1024
