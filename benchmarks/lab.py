@@ -145,6 +145,9 @@ class Lab:
                 volumes.append(prov.make_volume(f"{group}v{index}", size_mib, files))
             self.snaptree.create_group(group, [v.spec for v in volumes],
                                        options=dict(prov.group_options))
+            # data a provisioner left in the page cache must not be flushed
+            # by the first timed fsync, or that round pays for the fill
+            os.sync()
         except BaseException:
             self._cleanup(prov, volumes)
             raise

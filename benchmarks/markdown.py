@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-__all__ = ["render_markdown", "fmt_seconds", "fmt_size"]
+__all__ = ["render_markdown", "render_summary", "fmt_seconds", "fmt_size"]
 
 OPS = ("create", "revert", "delete")
 
@@ -52,12 +52,18 @@ def _cell(entry: dict | None) -> str:
 
 
 def _pivot(results: dict, column: str, columns: list, fixed: dict[str, Any]) -> list[list[str]]:
-    """Rows of variant × op, one column per value of ``column``."""
+    """Rows of variant × op, one column per value of ``column``.
+
+    A variant measured at only one point of the sweep has no row.
+    """
     index = {}
     for entry in results["comparisons"]:
         if all(entry[k] == v for k, v in fixed.items()):
             index[(entry["variant"], entry["op"], entry[column])] = entry
-    variants = list(dict.fromkeys(v for v, _, _ in index))
+    points: dict[str, set] = {}
+    for variant, _, value in index:
+        points.setdefault(variant, set()).add(value)
+    variants = [v for v in dict.fromkeys(v for v, _, _ in index) if len(points[v]) > 1]
     rows = []
     for variant in variants:
         for op in OPS:
@@ -203,3 +209,43 @@ def _plain(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def render_summary(results: dict, *, chart: str | None = None) -> str:
+    """A short table for the top README: one row per variant that ran."""
+    plan = results.get("plan") or {}
+    largest = max(plan.get("sizes_mib") or [0])
+    groups = max(plan.get("group_sizes") or [1])
+    each = plan.get("group_volume_mib")
+    index = {(e["variant"], e["op"], e["size_mib"], e["volumes"], e["files"]): e
+             for e in results["comparisons"]}
+    writes = {w["variant"]: w for w in results["write"]}
+    space = {s["variant"]: s for s in results["space"]}
+    rows = []
+    for variant in results["variants"]:
+        name = variant["name"]
+        if variant["status"] != "ran":
+            rows.append([name, *["–"] * 6, f"skipped: {variant['skipped']}" if variant["skipped"]
+                         else "failed"])
+            continue
+        cells = [_cell(index.get((name, op, largest, 1, 0))) for op in OPS]
+        cells.append(_cell(index.get((name, "create", each, groups, 0))))
+        write = writes.get(name)
+        cells.append(_ratio(write["after_over_before"]) if write else "–")
+        held = (space.get(name) or {}).get("snaptree") or {}
+        cells.append(_fmt_bytes(held.get("after_overwrite_bytes")))
+        rows.append([name, *cells, "ran"])
+    first_space = results["space"][0] if results["space"] else None
+    overwrite = _fmt_bytes(first_space["overwrite_bytes"]) if first_space else "?"
+    lines = _table(
+        ["variant", f"create {fmt_size(largest)}", f"revert {fmt_size(largest)}",
+         f"delete {fmt_size(largest)}", f"create, {groups} × {fmt_size(each or 0)}",
+         "write after snapshot ÷ before", f"space held after {overwrite} overwritten", "status"],
+        rows)
+    out = [f"Machine: {machine_line(results['machine'])}; mode `{results['mode']}`, "
+           f"{results['started']}.", "",
+           "Median time, and in brackets snaptree ÷ the bare primitive (FICLONE, cp, the btrfs "
+           "ioctl, qemu-img snapshot, lvcreate) timed in the same run.", "", *lines, ""]
+    if chart:
+        out += [f"![snapshot latency against data]({chart})", ""]
+    return "\n".join(out)

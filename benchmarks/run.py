@@ -31,7 +31,7 @@ import snaptree
 from .charts import LATENCY_CHART, draw_charts
 from .extras import run_extras
 from .machine import describe_machine
-from .markdown import render_markdown
+from .markdown import render_markdown, render_summary
 from .results import build_results
 
 __all__ = ["main"]
@@ -116,6 +116,8 @@ def write_outputs(results: dict, out: str) -> None:
     chart = f"charts/{LATENCY_CHART}" if LATENCY_CHART in charts else None
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(render_markdown(results, chart=chart))
+    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(render_summary(results, chart=chart))
 
 
 def refresh_latest(results: dict, out: str) -> None:
@@ -129,6 +131,8 @@ def refresh_latest(results: dict, out: str) -> None:
         f.write(render_markdown(results, chart=LATENCY_CHART if has_chart else None))
     with open(os.path.join(LATEST, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
+    with open(os.path.join(LATEST, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(render_summary(results, chart=f"benchmarks/latest/{LATENCY_CHART}" if has_chart else None))
 
 
 if __name__ == "__main__":
