@@ -27,7 +27,8 @@ __all__ = ["LiveOps", "block_nodes"]
 def block_nodes(session: QMPSession) -> dict[str, str]:
     """Map image file -> node name of every qcow2 format node QEMU has open."""
     nodes: dict[str, str] = {}
-    for node in session.execute("query-named-block-nodes"):
+    # flat: no nested backing-chain records, which grow with every snapshot
+    for node in session.execute("query-named-block-nodes", {"flat": True}):
         if node.get("drv") == "qcow2" and node.get("file"):
             nodes.setdefault(os.path.realpath(node["file"]), node["node-name"])
     return nodes
