@@ -101,30 +101,35 @@ class LvmBackend(VolumeBackend):
         return Volume("lvm", f"{vg}/{lv}")
 
     def prepare(self, operation, volumes, ctx):
-        size = check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
-        del size
+        check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
         for volume in volumes:
             vg, lv = parse_locator(volume.locator)
-            origin = self._origin(vg, lv)
+            existing = self.commands.lv_map(vg)
+            origin = existing.get(lv)
+            if origin is None:
+                raise VolumeNotFound(f"lvm: logical volume {vg}/{lv} does not exist")
             if operation == "snapshot":
                 if origin.is_merging or pending_tags(origin.tags):
                     raise Conflict(f"lvm: a revert of {vg}/{lv} is still pending; "
                                    "run 'snaptree recover' first")
-                if ctx.snapshot_id and self.commands.lv(vg, snapshot_lv_name(lv, ctx.snapshot_id)):
+                if ctx.snapshot_id and snapshot_lv_name(lv, ctx.snapshot_id) in existing:
                     raise Conflict(f"lvm: {vg}/{snapshot_lv_name(lv, ctx.snapshot_id)} exists")
         if operation == "revert":
             for member in ctx.scratch.get("members", []):
                 self._check_revertible(member)
 
-    def _check_revertible(self, member: MemberSnapshot) -> None:
+    def _check_revertible(self, member: MemberSnapshot) -> LvInfo:
         vg, lv, name = self._member_lv(member)
-        snap = self.commands.lv(vg, name)
+        existing = self.commands.lv_map(vg)
+        snap = existing.get(name)
         if snap is None:
             raise SnapshotNotFound(f"lvm: snapshot LV {vg}/{name} is missing; cannot revert")
         if snap.is_invalid:
             raise NotSupported(f"lvm: snapshot {vg}/{name} overflowed its copy-on-write space "
                                "and is invalid; it cannot be reverted to")
-        origin = self._origin(vg, lv)
+        origin = existing.get(lv)
+        if origin is None:
+            raise VolumeNotFound(f"lvm: logical volume {vg}/{lv} does not exist")
         if snap.is_thin and origin.is_open:
             raise VolumeInUse(f"lvm: thin volume {vg}/{lv} is open; close it (stop the VM, "
                               "unmount) to revert")
@@ -132,6 +137,7 @@ class LvmBackend(VolumeBackend):
         if other_merge:
             raise Conflict(f"lvm: the revert of {vg}/{lv} to snapshot {other_merge[0][2]} is "
                            "still pending; run 'snaptree recover' first")
+        return snap
 
     def snapshot(self, volumes, ctx):
         size = check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
@@ -149,20 +155,17 @@ class LvmBackend(VolumeBackend):
                 if self.commands.lv(vg, name) is not None:  # never leave half a member
                     self.commands.remove(vg, name)
                 raise
-            made = self.commands.lv(vg, name)
-            kind = "thin" if origin.is_thin else "thick"
             members.append(MemberSnapshot(
                 backend="lvm", locator=volume.locator, snapshot_id=ctx.snapshot_id,
                 ref=f"{vg}/{name}", size_bytes=origin.size_bytes,
-                data={"kind": kind, "snapshot_bytes": made.size_bytes if made else None}))
+                data={"kind": "thin" if origin.is_thin else "thick"}))
         return members
 
     def revert(self, members, ctx):
         for member in members:
             vg, lv, name = self._member_lv(member)
-            self._check_revertible(member)
-            snap = self.commands.lv(vg, name)
-            if snap is not None and snap.is_thin:
+            snap = self._check_revertible(member)
+            if snap.is_thin:
                 revert_thin(self.commands, vg, lv, member.snapshot_id)
                 continue
             warning = revert_thick(self.commands, vg, lv, member.snapshot_id)
@@ -172,16 +175,17 @@ class LvmBackend(VolumeBackend):
     def delete(self, members, ctx):
         for member in members:
             vg, lv, name = self._member_lv(member)
-            origin = self.commands.lv(vg, lv)
+            existing = self.commands.lv_map(vg)
+            origin = existing.get(lv)
             if origin is not None:
                 for tag, _kind, snapshot_id, _size in pending_tags(origin.tags):
                     if snapshot_id == member.snapshot_id:
-                        snap = self.commands.lv(vg, name)
+                        snap = existing.get(name)
                         if snap is not None and snap.is_merging:
                             raise Conflict(f"lvm: {vg}/{name} is being merged into {lv}; "
                                            "run 'snaptree recover' once the volume is closed")
                         self.commands.del_tag(vg, lv, tag)  # do not re-create a deleted snapshot
-            if self.commands.lv(vg, name) is not None:
+            if name in existing:
                 self.commands.remove(vg, name)
 
     def list(self, volume):
@@ -212,8 +216,10 @@ class LvmBackend(VolumeBackend):
 
     def recover_volume(self, volume):
         vg, lv = parse_locator(volume.locator)
-        lines = finish_thin(self.commands, vg, lv)
-        return lines + finish_thick(self.commands, vg, lv)
+        existing = self.commands.lv_map(vg)
+        lines = finish_thin(self.commands, vg, lv, existing)
+        # finish_thin may have renamed LVs: then finish_thick reads the VG afresh
+        return lines + finish_thick(self.commands, vg, lv, None if lines else existing)
 
     # -- snaptree map / unmap -----------------------------------------------------
 

@@ -59,13 +59,36 @@ _STDERR_CLASSES: tuple[tuple[str, type[BackendError]], ...] = (
 
 
 def udev_running() -> bool:
-    """True when a udev daemon listens (its control socket exists)."""
+    """Whether LVM should sync with udev.
+
+    ``$SNAPTREE_LVM_UDEV`` (``0``/``1``) decides when set; otherwise the
+    answer is whether a udev daemon listens (its control socket exists).
+    """
+    forced = os.environ.get("SNAPTREE_LVM_UDEV", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     return os.path.exists(UDEV_CONTROL)
 
 
+def _reason(stderr: str) -> str:
+    """The line of LVM's stderr that says what went wrong (not warnings, not usage hints)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    useful = [line for line in lines
+              if not line.startswith(("WARNING", "Run `", "File descriptor", "Udev is running"))]
+    return (useful or lines or [""])[0]
+
+
 def map_lvm_failure(err: CommandFailed) -> BackendError:
-    """Turn a failed command into the most precise error of the tree."""
+    """Turn a failed command into the most precise error of the tree.
+
+    The message names the LVM command and the line of stderr that explains
+    the failure; the whole stderr stays in ``detail``.
+    """
     stderr = err.stderr or ""
+    reason = _reason(stderr)
+    if reason and err.argv:
+        command = err.argv[1] if os.path.basename(err.argv[0]) == "lvm" else err.argv[0]
+        err.message = f"lvm: {os.path.basename(command)} failed: {reason}"
     for fragment, cls in _STDERR_CLASSES:
         if fragment in stderr:
             if isinstance(err, cls):
@@ -215,10 +238,11 @@ class LvmCommands:
 
     def lv(self, vg: str, lv: str) -> LvInfo | None:
         """One LV of ``vg`` or ``None`` when it does not exist (a missing VG raises)."""
-        for info in self.lvs(vg):
-            if info.name == lv:
-                return info
-        return None
+        return self.lv_map(vg).get(lv)
+
+    def lv_map(self, vg: str) -> dict[str, LvInfo]:
+        """Every LV of ``vg`` by name: one ``lvs`` call for several look-ups."""
+        return {info.name: info for info in self.lvs(vg)}
 
     def vg_free_bytes(self, vg: str) -> int | None:
         rows = self.report("vgs", ("vg_name", "vg_free"), vg)
@@ -260,8 +284,12 @@ class LvmCommands:
         self.lvm("lvchange", "--deltag", tag, f"{vg}/{lv}")
 
     def merge(self, vg: str, snapshot: str, *, background: bool = False) -> str:
-        """``lvconvert --merge``; returns stderr+stdout so callers can see a deferral."""
-        argv = ["lvm", "lvconvert", *self.config_args(), "--merge", "-y",
+        """``lvconvert --merge``; returns stderr+stdout so callers can see a deferral.
+
+        In the foreground LVM waits for the merge, checking every ``-i`` seconds
+        (15 by default, which would make every small revert take 15 s).
+        """
+        argv = ["lvm", "lvconvert", *self.config_args(), "--merge", "-y", "-i", "1",
                 *(["-b"] if background else []), f"{vg}/{snapshot}"]
         try:
             proc = self.runner.run(argv)
@@ -270,7 +298,7 @@ class LvmCommands:
         return proc.stdout + proc.stderr
 
     def poll(self, vg: str, lv: str) -> None:
-        """Finish pending merges of ``lv`` in the foreground (``lvchange --poll y``)."""
+        """Ask LVM to (re)start polling ``lv``'s pending merge (``lvchange --poll y``)."""
         self.lvm("lvchange", "--poll", "y", f"{vg}/{lv}")
 
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from snaptree.errors import BackendError, VolumeInUse, VolumeNotFound
 
-from .lvmcmd import LvmCommands
+from .lvmcmd import LvInfo, LvmCommands
 from .names import match_snapshot_lv, revert_old_name, revert_temp_name, snapshot_lv_name
 
 __all__ = ["revert_thin", "revert_thick", "finish_thin", "finish_thick", "SNAPSHOT_TAG",
@@ -46,6 +47,8 @@ log = logging.getLogger("snaptree.lvm")
 #: Tag on every snapshot LV snaptree makes.
 SNAPSHOT_TAG = "snaptree"
 _PENDING = re.compile(r"^snaptree-(remake|deferred)\.([0-9a-f]{16})\.([0-9]+)$")
+#: Seconds to wait for a merge LVM runs in the background.
+MERGE_TIMEOUT = 600.0
 _DEFERRED_WORDS = ("Delaying merge", "will occur on next activation")
 
 
@@ -86,11 +89,14 @@ def revert_thin(cmds: LvmCommands, vg: str, lv: str, snapshot_id: str) -> None:
     cmds.remove(vg, old)
 
 
-def finish_thin(cmds: LvmCommands, vg: str, lv: str) -> list[str]:
-    """Roll an interrupted thin swap of ``vg/lv`` forward or back; returns what was done."""
+def finish_thin(cmds: LvmCommands, vg: str, lv: str,
+                existing: dict[str, LvInfo] | None = None) -> list[str]:
+    """Roll an interrupted thin swap of ``vg/lv`` forward or back; returns what was done.
+
+    :param existing: ``cmds.lv_map(vg)`` if the caller has it (saves an ``lvs``).
+    """
     lines: list[str] = []
-    infos = cmds.lvs(vg)
-    names = {i.name: i for i in infos}
+    names = existing if existing is not None else cmds.lv_map(vg)
     news = [n for n in names if match_snapshot_lv(lv, n, "snaptree-new")]
     olds = [n for n in names if match_snapshot_lv(lv, n, "snaptree-old")]
     if not news and not olds:
@@ -123,8 +129,8 @@ def revert_thick(cmds: LvmCommands, vg: str, lv: str, snapshot_id: str) -> str |
     :returns: a warning when the merge had to be deferred, else ``None``.
     """
     name = snapshot_lv_name(lv, snapshot_id)
-    snap = cmds.lv(vg, name)
-    origin = cmds.lv(vg, lv)
+    existing = cmds.lv_map(vg)
+    snap, origin = existing.get(name), existing.get(lv)
     if origin is None:
         raise VolumeNotFound(f"lvm: {vg}/{lv} does not exist")
     if snap is not None and snap.is_merging:
@@ -159,24 +165,40 @@ def revert_thick(cmds: LvmCommands, vg: str, lv: str, snapshot_id: str) -> str |
     return None
 
 
-def _wait_merged(cmds: LvmCommands, vg: str, lv: str, name: str) -> None:
-    snap = cmds.lv(vg, name)
-    if snap is not None and snap.is_merging:
-        cmds.poll(vg, lv)
+def _wait_merged(cmds: LvmCommands, vg: str, lv: str, name: str,
+                 timeout: float = MERGE_TIMEOUT) -> None:
+    """Wait until LVM has dropped the merged snapshot from its metadata."""
+    deadline = time.monotonic() + timeout
+    polled = False
+    while True:
         snap = cmds.lv(vg, name)
-    if snap is not None:
-        raise BackendError(f"lvm: merge of {vg}/{name} did not finish; run 'snaptree recover'")
+        if snap is None:
+            return
+        if not snap.is_merging:
+            raise BackendError(f"lvm: {vg}/{name} is not merging into {lv}; nothing to wait for")
+        if time.monotonic() > deadline:
+            raise BackendError(f"lvm: merge of {vg}/{name} did not finish within "
+                               f"{timeout:.0f}s; run 'snaptree recover' later")
+        if not polled:
+            cmds.poll(vg, lv)  # make sure some process finishes the merge's metadata
+            polled = True
+        time.sleep(1)
 
 
-def finish_thick(cmds: LvmCommands, vg: str, lv: str) -> list[str]:
-    """Finish merges snaptree started on ``vg/lv`` and re-create their snapshots."""
+def finish_thick(cmds: LvmCommands, vg: str, lv: str,
+                 existing: dict[str, LvInfo] | None = None) -> list[str]:
+    """Finish merges snaptree started on ``vg/lv`` and re-create their snapshots.
+
+    :param existing: ``cmds.lv_map(vg)`` if the caller has it (saves an ``lvs``).
+    """
     lines: list[str] = []
-    origin = cmds.lv(vg, lv)
-    if origin is None:
+    existing = existing if existing is not None else cmds.lv_map(vg)
+    origin = existing.get(lv)
+    if origin is None or not pending_tags(origin.tags):
         return lines
     for tag, kind, snapshot_id, size in pending_tags(origin.tags):
         name = snapshot_lv_name(lv, snapshot_id)
-        snap = cmds.lv(vg, name)
+        snap = existing.get(name)
         watched = kind == "remake"
         if snap is not None and snap.is_merging:
             if cmds.lv(vg, lv).is_open:

@@ -89,7 +89,9 @@ class LoopVG:
         self.cmds.lvm("pvcreate", "-y", self.loop)
         self.cmds.lvm("vgcreate", "-y", self.vg, self.loop)
         self.cmds.lvm("lvcreate", "-y", "--type", "thin-pool", "-L", f"{pool_mib}M",
-                      "--errorwhenfull", "y", "-n", POOL, self.vg)
+                      "-n", POOL, self.vg)
+        # fail writes at once when the pool is full instead of queueing them for 60s
+        self.cmds.lvm("lvchange", "--errorwhenfull", "y", f"{self.vg}/{POOL}")
         return self
 
     def teardown(self) -> None:

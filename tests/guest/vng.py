@@ -67,16 +67,21 @@ class GuestResult:
     seconds: float
 
 
-def _inner_script(out_dir: str, repo: str, pytest_args: list[str]) -> str:
+def _inner_script(out_dir: str, repo: str, pytest_args: list[str],
+                  env: dict[str, str]) -> str:
     q = shlex.quote
     modules = " ".join(q(m) for m in GUEST_MODULES)
     args = " ".join(q(a) for a in pytest_args)
+    exports = "".join(f"export {k}={q(v)}\n" for k, v in env.items() if k.isidentifier())
     return f"""#!/bin/sh
 # written by tests/guest/vng.py; runs inside the guest as root
 for m in {modules}; do modprobe "$m" || echo "modprobe $m failed" >&2; done
 export HOME=/tmp/snaptree-guest-home TMPDIR=/tmp PYTHONDONTWRITEBYTECODE=1
 export SNAPTREE_IN_GUEST=1 LVM_SUPPRESS_FD_WARNINGS=1
-mkdir -p "$HOME"
+# virtme-ng starts a udevd, but syncing with it costs seconds per LVM command under TCG;
+# the no-udev path (libdevmapper makes the nodes) is the one the guest tests exercise
+export SNAPTREE_LVM_UDEV=0
+{exports}mkdir -p "$HOME"
 cd {q(repo)} || exit 97
 {q(sys.executable)} -m pytest {args} --junitxml={q(os.path.join(out_dir, 'junit.xml'))} \\
     > {q(os.path.join(out_dir, 'output.txt'))} 2>&1 < /dev/null
@@ -85,15 +90,19 @@ echo $? > {q(os.path.join(out_dir, 'rc'))}
 
 
 def run_pytest_in_guest(pytest_args: list[str], out_dir: str, *, repo: str,
-                        memory: str = "1536M", cpus: int = 2, timeout: float = 900) -> GuestResult:
-    """Boot the guest once and run ``python -m pytest PYTEST_ARGS`` in ``repo`` there."""
+                        env: dict[str, str] | None = None, memory: str = "1536M", cpus: int = 2,
+                        timeout: float = 900) -> GuestResult:
+    """Boot the guest once and run ``python -m pytest PYTEST_ARGS`` in ``repo`` there.
+
+    :param env: extra environment variables for pytest inside the guest.
+    """
     kernel, vng = find_kernel(), find_vng()
     if kernel is None or vng is None:
         raise FileNotFoundError("needs virtme-ng (vng) and a kernel image in /boot")
     os.makedirs(out_dir, exist_ok=True)
     script = os.path.join(out_dir, "inner.sh")
     with open(script, "w", encoding="utf-8") as f:
-        f.write(_inner_script(out_dir, repo, pytest_args))
+        f.write(_inner_script(out_dir, repo, pytest_args, env or {}))
     env = dict(os.environ)
     # vng runs virtme-run from PATH and writes under $HOME; give it both
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
