@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,22 +38,28 @@ def run_extra(module: str, quick: bool, timeout: float = TIMEOUT) -> dict:
     handle, out_path = tempfile.mkstemp(prefix="snaptree-extra-", suffix=".json")
     os.close(handle)
     started = time.perf_counter()
+    # its own session, so a timeout also stops what it started (a guest VM)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.extras", module,
+                             "quick" if quick else "full", out_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.extras", module,
-                               "quick" if quick else "full", out_path],
-                              capture_output=True, text=True, timeout=timeout, check=False,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"status": "failed", "reason": f"did not finish within {timeout:.0f}s"}
         elapsed = time.perf_counter() - started
         with open(out_path, encoding="utf-8") as result_file:
             text = result_file.read()
         if proc.returncode != 0 or not text:
-            tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            tail = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             return {"status": "failed", "reason": tail[:400], "seconds": round(elapsed, 2)}
         outcome = json.loads(text)
         outcome["seconds"] = round(elapsed, 2)
         return outcome
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "reason": f"did not finish within {timeout:.0f}s"}
     finally:
         os.unlink(out_path)
 

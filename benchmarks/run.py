@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-extras", action="store_true",
                         help="skip the backend-specific modules bench_btrfs/bench_qcow2/bench_lvm")
     parser.add_argument("--extras", action="store_true", help="run them even with --smoke")
+    parser.add_argument("--extras-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time limit per backend-specific module (default: 90 with --quick, "
+                             "600 otherwise)")
     parser.add_argument("--no-latest", action="store_true", help="do not refresh benchmarks/latest/")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any benchmark failed")
     return parser.parse_args(argv)
@@ -92,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         extras = {name: {"status": "skipped", "reason": reason}
                   for name in ("bench_btrfs", "bench_qcow2", "bench_lvm")}
     else:
-        extras = run_extras(quick=mode != "full")
+        # --quick promises minutes: a module that boots a guest gets a bounded slot
+        timeout = options.extras_timeout or (90.0 if mode == "quick" else 600.0)
+        extras = run_extras(quick=mode != "full", timeout=timeout)
     with open(bench_json, encoding="utf-8") as f:
         bench = json.load(f)
     with open(records_json, encoding="utf-8") as f:

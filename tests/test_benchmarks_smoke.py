@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repo, not an ins
     sys.path.insert(0, str(REPO))
 
 from benchmarks.builtin import builtin_provisioners
-from benchmarks.extras import run_extras
+from benchmarks.extras import run_extra, run_extras
 from benchmarks.provision import HOOK_NAME, FunctionProvisioner, discover
 
 THIRDPARTY_SITE = REPO / "tests" / "thirdparty" / "site"
@@ -189,6 +189,9 @@ def test_missing_broken_and_failing_extras_are_reported(tmp_path, monkeypatch):
     (package / "broken.py").write_text("raise RuntimeError('cannot import me')\n")
     (package / "fails.py").write_text("def measure(quick):\n    raise OSError('no disk')\n")
     (package / "nodict.py").write_text("def measure(quick):\n    return [1, 2]\n")
+    (package / "slow.py").write_text(
+        "import subprocess, time\n"
+        "def measure(quick):\n    subprocess.Popen(['sleep', '60'])\n    time.sleep(60)\n")
     (package / "good.py").write_text(
         "def measure(quick):\n    return {'quick': quick, 'nested': {'ms': 1.5}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -200,6 +203,8 @@ def test_missing_broken_and_failing_extras_are_reported(tmp_path, monkeypatch):
     assert outcome["broken"]["status"] == "skipped" and "cannot import me" in outcome["broken"]["reason"]
     assert outcome["fails"]["status"] == "failed" and "no disk" in outcome["fails"]["reason"]
     assert outcome["nodict"]["status"] == "failed" and "list" in outcome["nodict"]["reason"]
+    slow = run_extra("fakebench.slow", quick=True, timeout=2)
+    assert slow["status"] == "failed" and "did not finish within 2s" in slow["reason"]
     assert outcome["good"] | {"seconds": 0} == {
         "status": "ok", "result": {"quick": True, "nested": {"ms": 1.5}}, "seconds": 0}
 
