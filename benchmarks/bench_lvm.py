@@ -34,7 +34,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from guest.lvm_env import LoopVG  # noqa: E402
-from guest.vng import find_kernel, find_vng, host_has_devmapper, run_pytest_in_guest  # noqa: E402,F401
+from guest.vng import find_kernel, find_vng, host_has_devmapper, run_pytest_in_guest  # noqa: E402
 
 from snaptree import Group, OpContext, Volume  # noqa: E402
 from snaptree_lvm import LvmBackend  # noqa: E402

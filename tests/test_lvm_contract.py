@@ -22,7 +22,7 @@ class TestLvmThickContract(BackendContract):
     @pytest.fixture
     def make_volume(self, make_lv):
         def factory() -> VolumeHandle:
-            vg, lv, device = make_lv(8, prefix="thick")
+            vg, lv, device = make_lv(8, prefix="thick", reuse=True)
             return _handle(vg, lv, device, {})  # the default snapshot size policy
         return factory
 
@@ -31,6 +31,6 @@ class TestLvmThinContract(BackendContract):
     @pytest.fixture
     def make_volume(self, make_lv):
         def factory() -> VolumeHandle:
-            vg, lv, device = make_lv(8, thin=True, prefix="thin")
+            vg, lv, device = make_lv(8, thin=True, prefix="thin", reuse=True)
             return _handle(vg, lv, device, {})
         return factory

@@ -57,7 +57,8 @@ def _read(device: str, offset: int, length: int) -> bytes:
 def test_revert_is_exact_and_keeps_every_snapshot(api, make_lv, lvm_vg, thin):
     vg, lv, device = make_lv(16, thin=thin)
     spec = f"lvm:{vg}/{lv}"
-    api.create_group("g", [spec])
+    # full-size copy-on-write: the merges below rewrite more than the default fifth
+    api.create_group("g", [spec], options={"lvm.snapshot_size": "100%ORIGIN"})
     write_pattern(device, 1, offset=3 * MIB)
     first = _read(device, 0, 16 * MIB)
     api.create("g", "one")
@@ -81,8 +82,9 @@ def test_revert_is_exact_and_keeps_every_snapshot(api, make_lv, lvm_vg, thin):
     assert _read(device, 0, 16 * MIB) == first
     assert len(_listed(api, spec)) == 2
     assert api.check("g").clean
-    used = api.space_used("g", "two")
-    assert all(u.referenced_bytes is not None for u in used.values())
+    if not thin:  # an inactive thin snapshot reports no data%
+        used = api.space_used("g", "two")
+        assert all(u.exclusive_bytes is not None for u in used.values())
 
 
 def test_overflowed_thick_snapshot_is_invalid_and_never_reverted(api, make_lv):
@@ -199,10 +201,11 @@ def test_interrupted_thin_swap_is_finished_by_recover(api, make_lv, lvm_vg, monk
 def _partition(device: str, mount_dir: str, lvm_vg) -> list[str]:
     """Two partitions with ext4 filesystems holding one file each."""
     layout = "label: dos\nstart=2048, size=12288, type=83\nstart=14336, type=83\n"
-    subprocess.run(["sfdisk", "-q", device], input=layout, text=True, check=True,
-                   capture_output=True)
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", device], input=layout,
+                   text=True, check=True, capture_output=True)
     maps = lvm_vg.cmds.tool(["kpartx", "-a", "-s", "-v", device])
-    parts = ["/dev/mapper/" + line.split()[2] for line in maps.splitlines() if line.startswith("add map")]
+    parts = ["/dev/mapper/" + line.split()[2] for line in maps.splitlines()
+             if line.startswith("add map")]
     assert len(parts) == 2, maps
     for index, part in enumerate(parts, 1):
         subprocess.run(["mkfs.ext4", "-q", "-F", part], check=True, capture_output=True)

@@ -180,11 +180,17 @@ class LvmCommands:
     """Runs LVM and friends for the lvm backend.
 
     :param use_udev: whether to let LVM sync with udev; ``None`` detects it.
+    :param extra_config: more LVM ``--config`` text for every command (default:
+        ``$SNAPTREE_LVM_CONFIG``), e.g. a device filter.
     :param runner: a :class:`CommandRunner` to share (tests inject faults).
     """
 
-    def __init__(self, *, use_udev: bool | None = None, runner: CommandRunner | None = None):
+    def __init__(self, *, use_udev: bool | None = None, extra_config: str | None = None,
+                 runner: CommandRunner | None = None):
         self.use_udev = udev_running() if use_udev is None else use_udev
+        if extra_config is None:
+            extra_config = os.environ.get("SNAPTREE_LVM_CONFIG", "")
+        self.extra_config = extra_config.strip()
         env = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
         if not self.use_udev:
             env["DM_DISABLE_UDEV"] = "1"
@@ -195,9 +201,10 @@ class LvmCommands:
     # -- raw calls --------------------------------------------------------------
 
     def config_args(self) -> list[str]:
-        if self.use_udev:
-            return []
-        return ["--config", "activation{udev_sync=0 udev_rules=0}"]
+        parts = [] if self.use_udev else ["activation{udev_sync=0 udev_rules=0}"]
+        if self.extra_config:
+            parts.append(self.extra_config)
+        return ["--config", " ".join(parts)] if parts else []
 
     def lvm(self, command: str, *args: str, timeout: float | None = None) -> str:
         """Run ``lvm COMMAND ARGS`` and return stdout; failures are mapped."""
@@ -259,8 +266,9 @@ class LvmCommands:
     def create_thin_snapshot(self, vg: str, origin: str, name: str, *, skip_activation: bool = True,
                              tags: Sequence[str] = ()) -> None:
         """``lvcreate -s`` of a thin LV; no size: the snapshot shares the pool."""
-        self.lvm("lvcreate", "-s", "-n", name, "--setactivationskip", "y" if skip_activation else "n",
-                 *_tag_args(tags), f"{vg}/{origin}")
+        skip = "y" if skip_activation else "n"
+        self.lvm("lvcreate", "-s", "-n", name, "--setactivationskip", skip, *_tag_args(tags),
+                 f"{vg}/{origin}")
 
     def remove(self, vg: str, lv: str) -> None:
         self.lvm("lvremove", "-y", f"{vg}/{lv}")

@@ -10,10 +10,10 @@ snapshot (``mount -o ro,noload``) and copy a file out.
 from __future__ import annotations
 
 import os
-import time
 from typing import Sequence
 
-from snaptree.errors import BackendError, NotSupported, SnapshotNotFound
+from snaptree.devices import wait_for_block_devices
+from snaptree.errors import NotSupported, SnapshotNotFound
 from snaptree.model import MemberSnapshot
 
 from .kpartx import MAPPER_DIR, add_partitions, delete_partitions, dm_name
@@ -26,24 +26,11 @@ __all__ = ["map_member", "unmap_member", "wait_for_nodes", "NODE_TIMEOUT"]
 NODE_TIMEOUT = 20.0
 
 
-def wait_for_nodes(paths: Sequence[str], timeout: float = NODE_TIMEOUT) -> None:
-    """Wait until every path in ``paths`` exists as a block device."""
-    try:
-        from snaptree.devices import wait_for_block_devices  # type: ignore[attr-defined]
-    except ImportError:
-        wait_for_block_devices = None
-    if wait_for_block_devices is not None:
-        wait_for_block_devices(list(paths), timeout=timeout)
-        return
-    deadline = time.monotonic() + timeout
-    missing = list(paths)
-    while missing:
-        missing = [p for p in missing if not os.path.exists(p)]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise BackendError(f"lvm: device node {missing[0]} did not appear within {timeout:.0f}s")
-        time.sleep(0.05)
+def wait_for_nodes(paths: Sequence[str], *, present: bool = True,
+                   timeout: float = NODE_TIMEOUT) -> None:
+    """Wait for the device tracker to see ``paths`` appear (or go, ``present=False``)."""
+    if paths:
+        wait_for_block_devices(list(paths), timeout=timeout, present=present)
 
 
 def map_member(cmds: LvmCommands, member: MemberSnapshot) -> list[str]:
@@ -77,6 +64,7 @@ def unmap_member(cmds: LvmCommands, member: MemberSnapshot) -> list[str]:
         return []
     device = os.path.join(MAPPER_DIR, dm_name(vg, name))
     removed = delete_partitions(cmds, device)
+    wait_for_nodes(removed, present=False)
     if info.skips_activation:
         cmds.deactivate(vg, name)
     return removed

@@ -80,6 +80,8 @@ class LoopVG:
         self.cmds = LvmCommands()
         self.loop = ""
         self._counter = itertools.count(1)
+        #: clean volumes handed back by tests, by (MiB, thin), for reuse
+        self.spares: dict[tuple[int, bool], list[str]] = {}
 
     def setup(self, pool_mib: int = 192) -> "LoopVG":
         with open(self.image, "wb") as f:
@@ -120,14 +122,24 @@ class LoopVG:
     def device(self, name: str) -> str:
         return f"/dev/{self.vg}/{name}"
 
-    def remove_family(self, name: str) -> None:
-        """Remove ``name`` and every LV named after it (snapshots, revert leftovers)."""
-        for info in self.cmds.lvs(self.vg):
+    def remove_family(self, name: str, *, keep_origin: bool = False) -> bool:
+        """Remove every LV named after ``name`` (snapshots, revert leftovers) and ``name``.
+
+        With ``keep_origin``, ``name`` itself stays if it is closed and no
+        revert is pending on it; returns whether it was kept.
+        """
+        existing = self.cmds.lv_map(self.vg)
+        for info in existing.values():
             if info.name.startswith(name + ".") and not info.is_hidden:
-                if self.cmds.lv(self.vg, info.name) is not None:
-                    self.cmds.remove(self.vg, info.name)
-        if self.cmds.lv(self.vg, name) is not None:
-            self.cmds.remove(self.vg, name)
+                self.cmds.remove(self.vg, info.name)
+        origin = existing.get(name)
+        if origin is None:
+            return False
+        if keep_origin and not origin.is_open and not origin.is_merging and not origin.tags \
+                and origin.is_active:
+            return True
+        self.cmds.remove(self.vg, name)
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -142,15 +154,27 @@ def lvm_vg(tmp_path_factory):
 
 @pytest.fixture
 def make_lv(lvm_vg):
-    """``make_lv(mib, thin=False) -> (vg, lv, device)``; removed with its snapshots after the test."""
-    made: list[str] = []
+    """``make_lv(mib, thin=False, reuse=False) -> (vg, lv, device)``.
 
-    def factory(mib: int = 8, *, thin: bool = False, prefix: str = "vol"):
-        name = lvm_vg.unique(prefix)
-        device = lvm_vg.create(name, mib, thin=thin)
-        made.append(name)
+    Snapshots and leftovers are removed after the test.  With ``reuse`` the
+    LV may be one an earlier test used (its snapshots gone, its content
+    arbitrary) and goes back to the spares afterwards: creating and removing
+    LVs is the slow part of these tests under an emulated CPU.
+    """
+    made: list[tuple[str, int, bool, bool]] = []
+
+    def factory(mib: int = 8, *, thin: bool = False, prefix: str = "vol", reuse: bool = False):
+        spares = lvm_vg.spares.setdefault((mib, thin), [])
+        if reuse and spares:
+            name = spares.pop()
+            device = lvm_vg.device(name)
+        else:
+            name = lvm_vg.unique(prefix)
+            device = lvm_vg.create(name, mib, thin=thin)
+        made.append((name, mib, thin, reuse))
         return lvm_vg.vg, name, device
 
     yield factory
-    for name in reversed(made):
-        lvm_vg.remove_family(name)
+    for name, mib, thin, reuse in reversed(made):
+        if lvm_vg.remove_family(name, keep_origin=reuse):
+            lvm_vg.spares.setdefault((mib, thin), []).append(name)
