@@ -40,7 +40,9 @@ class CrashScene:
     digests: dict[str, list[str]]
 
     @classmethod
-    def build(cls, state_dir: str, make_volumes: Callable[[], list[VolumeHandle]]) -> "CrashScene":
+    def build(cls, state_dir: str, make_volumes: Callable[[], list[VolumeHandle]], *,
+              memory: bool = False) -> "CrashScene":
+        """Make the volumes and the snapshots ``a`` and ``b`` (with VM memory if asked)."""
         volumes = make_volumes()
         digests: dict[str, list[str]] = {}
         options: dict = {}
@@ -53,11 +55,11 @@ class CrashScene:
             for i, v in enumerate(volumes):
                 v.fill(100 + i)
             digests["a"] = [v.digest() for v in volumes]
-            api.create("vm", "a")
+            api.create("vm", "a", memory=memory)
             for i, v in enumerate(volumes):
                 v.fill(200 + i)
             digests["b"] = [v.digest() for v in volumes]
-            api.create("vm", "b")
+            api.create("vm", "b", memory=memory)
         return cls(state_dir, volumes, digests)
 
     def now(self) -> list[str]:
@@ -81,15 +83,26 @@ def count_checkpoints(state_dir: str, args: list[str], log_path: str) -> int:
 
 def walk_kill_points(backend: str, operation: str, workdir: str,
                      make_volumes: Callable[[str], list[VolumeHandle]],
-                     cleanup: Callable[[str], None] = lambda d: None) -> KillPointStats:
-    """Try every kill point of ``operation``; return how many were survived."""
+                     cleanup: Callable[[str], None] = lambda d: None, *,
+                     memory: bool = False,
+                     extra_checks: Callable[[CrashScene], list[str]] | None = None,
+                     ) -> KillPointStats:
+    """Try every kill point of ``operation``; return how many were survived.
+
+    ``memory`` takes every snapshot of the scene (and the one ``create``
+    makes) with VM memory; ``extra_checks`` returns more problems to report
+    for a scene after ``recover`` (e.g. a VM left paused).
+    """
     args, done_key, done_names = OPERATIONS[operation]
+    if memory and operation == "create":
+        args = [*args, "--memory"]
     stats = KillPointStats(backend, operation)
 
     def scene(tag: str) -> CrashScene:
         base = os.path.join(workdir, tag)
         os.makedirs(base)
-        return CrashScene.build(os.path.join(base, "state"), lambda: make_volumes(base))
+        return CrashScene.build(os.path.join(base, "state"), lambda: make_volumes(base),
+                                memory=memory)
 
     dry = scene("dry")
     total = count_checkpoints(dry.state_dir, args, os.path.join(workdir, "dry", "checkpoints.log"))
@@ -111,6 +124,8 @@ def walk_kill_points(backend: str, operation: str, workdir: str,
             drift = api.check("vm")
             if not drift.clean:
                 problems.append(f"drift after recover: {drift.as_dict()}")
+            if extra_checks is not None:
+                problems += extra_checks(s)
             names = [x.name for x in api.list("vm")]
             after = s.now()
             completed = names == done_names

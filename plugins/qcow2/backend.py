@@ -27,7 +27,7 @@ from snaptree.errors import BackendError, InvalidInput, NotSupported, VolumeNotF
 from snaptree.names import check_abs_path
 
 from . import memory
-from .layout import PARTIAL, active_image, memory_path, set_active, snapshot_dir
+from .layout import PARTIAL, active_image, memory_path, pause_marker, set_active, snapshot_dir
 from .live import LiveOps
 from .offline import OfflineOps, internal_member
 from .qemuimg import QemuImg
@@ -133,7 +133,19 @@ class Qcow2Backend(VolumeBackend):
                     # prepare allowed only an internal snapshot with memory:
                     # snapshot-load reverts the disks with the memory, in
                     # snaptree_memory_restore, right after this call.
-                    ctx.scratch["qcow2.load"] = [m.volume for m in members]
+                    if ctx.option("memory"):
+                        ctx.scratch["qcow2.load"] = [m.volume for m in members]
+                        return
+                    # ``recover`` redoes an interrupted revert without the
+                    # memory hooks: load disks and memory here.
+                    snapshot = ctx.scratch.get("snapshot")
+                    if snapshot is None or snapshot.memory is None or snapshot.memory.kind != "internal":
+                        raise NotSupported(
+                            f"qcow2: QEMU at {ctx.group.qmp_socket} runs on the disks and snapshot "
+                            f"{ctx.snapshot_name!r} has no internal VM memory; shut QEMU down to "
+                            "revert offline")
+                    nodes = live.top_nodes(session, [m.volume for m in members])
+                    memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
                     return
         for member in members:
             self.offline.revert(member)
@@ -175,6 +187,9 @@ class Qcow2Backend(VolumeBackend):
         if not os.path.exists(active):
             set_active(volume.locator, volume.locator)
             done.append(f"active image {active} was missing; back to {volume.locator}")
+        resumed = memory.resume_abandoned(pause_marker(volume.locator))
+        if resumed:
+            done.append(resumed)
         return done
 
     # -- VM hooks -------------------------------------------------------------
@@ -192,8 +207,12 @@ class Qcow2Backend(VolumeBackend):
     def snaptree_vm_suspend(self, group, ctx):
         if not self._vm_group(group):
             return None
+        # The marker (in the first disk's folder) lets ``recover`` resume
+        # the VM if this process dies before snaptree_vm_resume.
+        marker = pause_marker(self._qcow2_volumes(group)[0].locator)
         with self._vm(group).session() as session:
-            ctx.scratch["qcow2.was_running"] = memory.pause(session)
+            ctx.scratch["qcow2.was_running"] = memory.pause(
+                session, before_stop=lambda: memory.mark_paused(marker, group.qmp_socket))
         ctx.scratch["qcow2.paused_at"] = time.perf_counter()
         return True
 
@@ -207,6 +226,7 @@ class Qcow2Backend(VolumeBackend):
                 memory.migrate_to_file(session, pending, ctx.progress)
             if ctx.scratch.get("qcow2.was_running"):
                 memory.resume(session)
+                memory.clear_paused(pause_marker(self._qcow2_volumes(group)[0].locator))
         paused_at = ctx.scratch.get("qcow2.paused_at")
         if paused_at is not None:
             ctx.scratch["qcow2.paused_seconds"] = time.perf_counter() - paused_at

@@ -15,6 +15,9 @@ External snapshots live in ``/dir/.disk.qcow2.snaptree/``:
     domain XML.
 ``<snapshot_id>.memory``
     VM memory saved with an external snapshot (in the first disk's folder).
+``paused``
+    the QMP socket of a VM snaptree paused and has not resumed yet (in the
+    first disk's folder); if snaptree dies in between, ``recover`` resumes it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import secrets
 from snaptree.errors import BackendError, StateError
 
 __all__ = ["snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
-           "set_active", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
+           "set_active", "pause_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
 OVERLAY_FILE = re.compile(r"^([0-9a-f]{16})\.qcow2$")
@@ -49,6 +52,10 @@ def run_overlay_path(image: str) -> str:
 
 def memory_path(image: str, snapshot_id: str) -> str:
     return os.path.join(snapshot_dir(image), f"{snapshot_id}.memory")
+
+
+def pause_marker(image: str) -> str:
+    return os.path.join(snapshot_dir(image), "paused")
 
 
 def active_image(image: str) -> str:

@@ -21,17 +21,24 @@ from typing import Callable, Sequence
 
 from snaptree.errors import BackendError
 
-from .qmp import QMPSession
+from .qmp import QMPSession, reachable
 
-__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file"]
+__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file",
+           "mark_paused", "clear_paused", "resume_abandoned"]
 
 _FD_NAME = "snaptree-memory"
 
 
-def pause(session: QMPSession) -> bool:
-    """Stop the guest; return whether it was running (and so must be resumed)."""
+def pause(session: QMPSession, before_stop: Callable[[], None] | None = None) -> bool:
+    """Stop the guest; return whether it was running (and so must be resumed).
+
+    ``before_stop`` runs just before ``stop`` is sent, only for a running
+    guest: it records that snaptree owes the VM a ``cont``.
+    """
     status = session.execute("query-status")
     if status.get("running"):
+        if before_stop is not None:
+            before_stop()
         session.execute("stop")
         return True
     return False
@@ -40,6 +47,51 @@ def pause(session: QMPSession) -> bool:
 def resume(session: QMPSession) -> None:
     if not session.execute("query-status").get("running"):
         session.execute("cont")
+
+
+def mark_paused(marker: str, socket_path: str) -> None:
+    """Record that snaptree is about to pause the VM at ``socket_path``."""
+    try:
+        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        with open(marker + ".partial", "w", encoding="utf-8") as handle:
+            handle.write(socket_path + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(marker + ".partial", marker)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot record the VM pause in {marker}: {err.strerror}") from err
+
+
+def clear_paused(marker: str) -> None:
+    _unlink(marker)
+
+
+#: run states a snaptree crash can leave a VM in, and that ``cont`` leaves
+_RESUMABLE = ("paused", "postmigrate")
+
+
+def resume_abandoned(marker: str) -> str | None:
+    """Resume a VM that a dead snaptree process paused; return what was done.
+
+    The marker names the VM's QMP socket.  A VM no longer reachable, or in a
+    state snaptree does not leave it in, is not touched; the marker goes.
+    """
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            socket_path = handle.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot read {marker}: {err.strerror}") from err
+    done = None
+    if reachable(socket_path):
+        with QMPSession(socket_path) as session:
+            status = session.execute("query-status").get("status")
+            if status in _RESUMABLE:
+                session.execute("cont")
+                done = f"resumed the VM at {socket_path}, paused by an interrupted snaptree"
+    clear_paused(marker)
+    return done
 
 
 def save_internal(session: QMPSession, tag: str, nodes: Sequence[str],
