@@ -80,6 +80,9 @@ class Qcow2Backend(VolumeBackend):
         return Volume("qcow2", path)
 
     def prepare(self, operation, volumes, ctx):
+        # Every operation, live or not, reads the chains with qemu-img: refuse
+        # before the coordinator journals anything.
+        self.qemu_img.runner.which("qemu-img")
         # The format was checked when the volume was claimed; a qemu-img run
         # per disk here would cost more than the snapshot itself.
         for volume in volumes:
@@ -220,8 +223,14 @@ class Qcow2Backend(VolumeBackend):
     def snaptree_vm_resume(self, group, ctx):
         if not self._vm_group(group):
             return None
-        with self._vm(group).session() as session:
-            pending = ctx.scratch.pop("qcow2.memory_file", None)
+        pending = ctx.scratch.pop("qcow2.memory_file", None)
+        live = self._live(group)
+        if live is None and pending is None:
+            # QEMU is gone (killed mid-operation): no VM is left paused, so
+            # a failed create has nothing to resume.
+            memory.clear_paused(pause_marker(self._qcow2_volumes(group)[0].locator))
+            return True
+        with (live or self._vm(group)).session() as session:
             if pending is not None:
                 memory.migrate_to_file(session, pending, ctx.progress)
             if ctx.scratch.get("qcow2.was_running"):
