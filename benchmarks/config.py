@@ -40,7 +40,7 @@ PLANS = {
     "smoke": Plan("smoke", sizes_mib=(0, 2), group_sizes=(1, 2), group_volume_mib=1,
                   file_counts=(0, 20), rounds_by_size=((0, 2),), write_mib=2, write_rounds=1,
                   space_mib=2, space_overwrite_mib=1),
-    "quick": Plan("quick", sizes_mib=(0, 100, 1024), group_sizes=(1, 4, 16), group_volume_mib=16,
+    "quick": Plan("quick", sizes_mib=(0, 100, 1024), group_sizes=(1, 4, 16), group_volume_mib=4,
                   file_counts=(0, 1000, 10000), rounds_by_size=((0, 5), (100, 3), (1024, 2)),
                   write_mib=64, write_rounds=3, space_mib=100, space_overwrite_mib=50),
     "full": Plan("full", sizes_mib=(0, 100, 1024), group_sizes=(1, 4, 16), group_volume_mib=100,

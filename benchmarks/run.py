@@ -52,7 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="skip the backend-specific modules bench_btrfs/bench_qcow2/bench_lvm")
     parser.add_argument("--extras", action="store_true", help="run them even with --smoke")
     parser.add_argument("--extras-timeout", type=float, default=None, metavar="SECONDS",
-                        help="time limit per backend-specific module (default: 90 with --quick, "
+                        help="time limit per backend-specific module (default: 60 with --quick, "
                              "600 otherwise)")
     parser.add_argument("--no-latest", action="store_true", help="do not refresh benchmarks/latest/")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any benchmark failed")
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   for name in ("bench_btrfs", "bench_qcow2", "bench_lvm")}
     else:
         # --quick promises minutes: a module that boots a guest gets a bounded slot
-        timeout = options.extras_timeout or (90.0 if mode == "quick" else 600.0)
+        timeout = options.extras_timeout or (60.0 if mode == "quick" else 600.0)
         extras = run_extras(quick=mode != "full", timeout=timeout)
     with open(bench_json, encoding="utf-8") as f:
         bench = json.load(f)

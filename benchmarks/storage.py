@@ -120,6 +120,9 @@ class ScratchFS:
         if self.path is None:
             return None
         if self.kind == "btrfs":
+            # deleted subvolumes are freed by a background cleaner; wait for
+            # it, or space freed from earlier cases is counted against this one
+            run(["btrfs", "subvolume", "sync", self.path])
             run(["btrfs", "filesystem", "sync", self.path])
         fd = os.open(self.path, os.O_RDONLY)
         try:
