@@ -117,7 +117,7 @@ def test_qemu_killed_at_the_snapshot_command(kind, mode, memory, command, short_
                                              monkeypatch, capsys):
     images = make_images(short_dir, 2)
     process = start_daemon(short_dir, images) if kind == "daemon" else start_vm(
-        short_dir, images, memory_mib=32)
+        short_dir, images, memory_mib=16)
     processes.append(process)
     state = os.path.join(short_dir, "state")
     with Snaptree(state) as api:
