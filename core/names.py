@@ -7,7 +7,7 @@ import unicodedata
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path"]
+__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path", "beside"]
 
 MAX_NAME_LENGTH = 64
 
@@ -73,3 +73,14 @@ def check_abs_path(locator: str, what: str = "path") -> str:
     if len(locator.encode("utf-8", "surrogateescape")) > 4000:
         raise InvalidInput(f"{what} is too long")
     return os.path.realpath(locator)
+
+
+def beside(path: str, suffix: str) -> str:
+    """A hidden sibling of ``path``: ``/dir/name`` -> ``/dir/.name<suffix>``.
+
+    The backends keep their snapshots and temporary objects in such places
+    (``.disk.img.snaptree/``), on the volume's own filesystem so that renames
+    stay atomic and nothing is written outside the volume's directory.
+    """
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}{suffix}")

@@ -25,7 +25,7 @@ from snaptree.errors import (
     SnaptreeError,
     VolumeNotFound,
 )
-from snaptree.names import check_abs_path
+from snaptree.names import beside, check_abs_path
 
 from . import ioctl
 from .ioctl import map_oserror
@@ -39,14 +39,12 @@ _MEMBER_NAME = re.compile(r"^[0-9a-f]{16}$")
 
 def snapshot_dir(subvolume: str) -> str:
     """The directory holding the snapshots of ``subvolume``."""
-    parent, base = os.path.split(subvolume)
-    return os.path.join(parent, f".{base}.snaptree")
+    return beside(subvolume, ".snaptree")
 
 
 def revert_temp(subvolume: str) -> str:
     """The temporary subvolume a revert swaps in (and the replaced tree after)."""
-    parent, base = os.path.split(subvolume)
-    return os.path.join(parent, f".{base}.snaptree-revert")
+    return beside(subvolume, ".snaptree-revert")
 
 
 def _mount_points() -> set[str]:

@@ -27,6 +27,7 @@ import re
 import secrets
 
 from snaptree.errors import BackendError, StateError
+from snaptree.names import beside
 
 __all__ = ["snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
            "set_active", "pause_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
@@ -38,8 +39,7 @@ _ACTIVE = "active"
 
 
 def snapshot_dir(image: str) -> str:
-    directory, base = os.path.split(image)
-    return os.path.join(directory, f".{base}.snaptree")
+    return beside(image, ".snaptree")
 
 
 def overlay_path(image: str, snapshot_id: str) -> str:

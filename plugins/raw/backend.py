@@ -14,7 +14,7 @@ import stat
 
 from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volume, VolumeBackend
 from snaptree.errors import InvalidInput, NotFound, VolumeInUse, VolumeNotFound
-from snaptree.names import check_abs_path
+from snaptree.names import beside, check_abs_path
 
 from .clone import clone_file, fsync_dir, map_oserror
 
@@ -25,13 +25,11 @@ PARTIAL = ".partial"
 
 
 def snapshot_dir(image: str) -> str:
-    directory, base = os.path.split(image)
-    return os.path.join(directory, f".{base}.snaptree")
+    return beside(image, ".snaptree")
 
 
 def _revert_temp(image: str) -> str:
-    directory, base = os.path.split(image)
-    return os.path.join(directory, f".{base}.snaptree-revert{PARTIAL}")
+    return beside(image, f".snaptree-revert{PARTIAL}")
 
 
 class RawBackend(VolumeBackend):
