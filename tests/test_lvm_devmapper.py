@@ -198,11 +198,29 @@ def test_interrupted_thin_swap_is_finished_by_recover(api, make_lv, lvm_vg, monk
     assert len(_listed(api, spec)) == 1
 
 
+def _write_mbr(device: str, partitions: list[tuple[int, int]]) -> None:
+    """A DOS partition table of Linux partitions given as (first sector, sectors).
+
+    Written by hand so the test needs no fdisk; kpartx reads the LBA fields.
+    """
+    table = bytearray(512)
+    for index, (first, count) in enumerate(partitions):
+        entry = bytes([0x00, 0xFE, 0xFF, 0xFF, 0x83, 0xFE, 0xFF, 0xFF])
+        entry += first.to_bytes(4, "little") + count.to_bytes(4, "little")
+        table[446 + 16 * index: 446 + 16 * (index + 1)] = entry
+    table[510:512] = b"\x55\xaa"
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(table), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _partition(device: str, mount_dir: str, lvm_vg) -> list[str]:
     """Two partitions with ext4 filesystems holding one file each."""
-    layout = "label: dos\nstart=2048, size=12288, type=83\nstart=14336, type=83\n"
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", device], input=layout,
-                   text=True, check=True, capture_output=True)
+    sectors = _sectors(device)
+    _write_mbr(device, [(2048, 12288), (14336, sectors - 14336)])
     maps = lvm_vg.cmds.tool(["kpartx", "-a", "-s", "-v", device])
     parts = ["/dev/mapper/" + line.split()[2] for line in maps.splitlines()
              if line.startswith("add map")]
@@ -212,6 +230,14 @@ def _partition(device: str, mount_dir: str, lvm_vg) -> list[str]:
         _write_file(part, mount_dir, f"partition {index} version 1\n")
     lvm_vg.cmds.tool(["kpartx", "-d", "-s", device])
     return parts
+
+
+def _sectors(device: str) -> int:
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END) // 512
+    finally:
+        os.close(fd)
 
 
 def _write_file(part: str, mount_dir: str, text: str) -> None:

@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.slow, pytest.mark.root]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INNER_ARGS = ["-m", "devmapper and not guest", "-p", "no:cacheprovider", "-q", "-rfEs",
+              "--durations=12",
               "-o", "addopts=--strict-markers -ra", "tests"]
 #: Fewer tests than this means the guest did not really run the suite.
 MIN_TESTS = 20
@@ -40,7 +41,10 @@ def test_devmapper_suite_in_guest(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to read the kernel image and make loop devices in the guest")
     result = run_pytest_in_guest(INNER_ARGS, str(tmp_path / "guest"), repo=REPO)
-    shown = f"--- pytest inside the guest ({result.seconds:.0f}s) ---\n{result.output[-30000:]}"
+    output = result.output
+    if len(output) > 40000:  # the first failure and the summary matter most
+        output = output[:20000] + "\n[... cut ...]\n" + output[-20000:]
+    shown = f"--- pytest inside the guest ({result.seconds:.0f}s) ---\n{output}"
     if result.returncode is None:
         pytest.fail(f"the guest never finished pytest\n{shown}\n--- console ---\n"
                     f"{result.console[-8000:]}", pytrace=False)

@@ -84,6 +84,13 @@ class LoopVG:
         self.spares: dict[tuple[int, bool], list[str]] = {}
 
     def setup(self, pool_mib: int = 192) -> "LoopVG":
+        try:
+            return self._setup(pool_mib)
+        except BaseException:
+            self.teardown()  # so that a retry starts from nothing
+            raise
+
+    def _setup(self, pool_mib: int) -> "LoopVG":
         with open(self.image, "wb") as f:
             f.truncate(PV_BYTES)
         self.loop = subprocess.run(["losetup", "-f", "--show", self.image], check=True,
@@ -98,7 +105,9 @@ class LoopVG:
 
     def teardown(self) -> None:
         try:
-            self.cmds.lvm("vgremove", "-ff", "-y", self.vg)
+            if self.loop:
+                self.cmds.runner.run(["lvm", "vgremove", *self.cmds.config_args(), "-ff", "-y",
+                                      self.vg], check=False)
         finally:
             if self.loop:
                 subprocess.run(["losetup", "-d", self.loop], check=False)
@@ -142,14 +151,25 @@ class LoopVG:
         return False
 
 
+#: The session's VG and how many fixture instances use it.  Each test module
+#: that imports ``lvm_vg`` gets its own session-scoped instance; they share one VG.
+_SHARED: dict[str, object] = {"vg": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def lvm_vg(tmp_path_factory):
     """One loop-backed VG with a thin pool for the whole session."""
-    directory = str(tmp_path_factory.mktemp("lvm"))
-    loop_vg = LoopVG(directory, f"sntest{os.getpid()}")
-    loop_vg.setup()
-    yield loop_vg
-    loop_vg.teardown()
+    if _SHARED["vg"] is None:
+        directory = str(tmp_path_factory.mktemp("lvm"))
+        _SHARED["vg"] = LoopVG(directory, f"sntest{os.getpid()}").setup()
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["vg"]
+    finally:
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            loop_vg, _SHARED["vg"] = _SHARED["vg"], None
+            loop_vg.teardown()
 
 
 @pytest.fixture
