@@ -12,7 +12,7 @@ from .catalog import Catalog
 from .coordinator import Coordinator
 from .errors import Conflict, InvalidInput, PermissionDenied, PluginError
 from .locking import group_lock
-from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
+from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
 from .names import check_abs_path, check_name, split_spec
 from .plugins import PluginSet
 from .recovery import DriftReport, RecoveryReport, check, recover

@@ -9,6 +9,7 @@ was made; a crash is finished or undone by :mod:`snaptree.recovery`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Callable, Sequence
@@ -155,7 +156,7 @@ class Coordinator:
                     "INSERT INTO snapshots (snapshot_id, group_name, name, parent_id, created,"
                     " description, state, options) VALUES (?,?,?,?,?,?,?,?)",
                     (snapshot_id, group_name, name, parent_id, pending.created, description,
-                     SnapshotState.PENDING.value, _json(options)))
+                     SnapshotState.PENDING.value, json.dumps(options)))
             made: list[MemberSnapshot] = []
             memory_state = None
             suspended = False
@@ -372,6 +373,3 @@ class Coordinator:
             self.catalog.remove_snapshot_row(snapshot_id, db)
 
 
-def _json(value: Any) -> str:
-    import json
-    return json.dumps(value)

@@ -16,7 +16,6 @@ __all__ = ["run_mapping"]
 
 def run_mapping(api, command: str, group: str, name: str) -> tuple[Any, list[str]]:
     snap = api.info(group, name)
-    g = api.group(group)
     hook = api.plugins.hook
     results = []
     for member in snap.members:
@@ -25,7 +24,6 @@ def run_mapping(api, command: str, group: str, name: str) -> tuple[Any, list[str
         if answer is None:
             raise NotSupported(f"backend {member.backend!r} cannot {command} snapshots")
         results.append({"volume": member.volume.spec, "devices": list(answer)})
-    del g
     lines = []
     for r in results:
         lines.append(f"{r['volume']}:")

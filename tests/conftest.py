@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-pytest_plugins = ["snaptree.testing"]
+pytest_plugins = ["snaptree.testing", "btrfs_fixtures"]
 
 
 def is_root() -> bool:

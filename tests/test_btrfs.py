@@ -24,9 +24,8 @@ from snaptree_btrfs import plugin
 from snaptree_btrfs import ioctl
 from snaptree_btrfs.backend import revert_temp, snapshot_dir
 
-from btrfs_fixtures import (  # noqa: F401
+from btrfs_fixtures import (
     btrfs_filesystem,
-    btrfs_mount,
     digest_tree,
     make_subvolume,
     write_tree,
@@ -42,7 +41,7 @@ def ctx_for(volumes, snapshot_id=ID1, name="s") -> OpContext:
 
 
 @pytest.fixture
-def subvol(btrfs_mount):  # noqa: F811
+def subvol(btrfs_mount):
     return make_subvolume(os.path.join(btrfs_mount, "vm1"))
 
 
@@ -64,7 +63,7 @@ def revert(member):
 # -- claiming -----------------------------------------------------------------
 
 
-def test_claim_normalises_and_checks(subvol, btrfs_mount, tmp_path):  # noqa: F811
+def test_claim_normalises_and_checks(subvol, btrfs_mount, tmp_path):
     assert plugin.claim(subvol + "/") == Volume("btrfs", subvol)
     with pytest.raises(InvalidInput, match="must be absolute"):
         plugin.claim("relative/vm1")
@@ -158,7 +157,7 @@ def test_delete_removes_folder_when_empty(subvol):
     assert not os.path.exists(snapshot_dir(subvol))
 
 
-def test_member_outside_snapshot_dir_is_refused(subvol, btrfs_mount):  # noqa: F811
+def test_member_outside_snapshot_dir_is_refused(subvol, btrfs_mount):
     volume = plugin.claim(subvol)
     victim = make_subvolume(os.path.join(btrfs_mount, "precious"))
     member = snap(volume, ID1)
@@ -168,7 +167,7 @@ def test_member_outside_snapshot_dir_is_refused(subvol, btrfs_mount):  # noqa: F
     assert ioctl.is_subvolume(os.stat(victim))
 
 
-def test_space_used_needs_quotas(subvol, btrfs_mount):  # noqa: F811
+def test_space_used_needs_quotas(subvol, btrfs_mount):
     volume = plugin.claim(subvol)
     write_tree(subvol, 1, files=5, large_bytes=4 << 20)
     member = snap(volume, ID1)
@@ -201,7 +200,7 @@ def test_name_taken(subvol):
     assert [m.snapshot_id for m in plugin.list(volume)] == [ID1]
 
 
-def test_read_only_filesystem(subvol, btrfs_mount):  # noqa: F811
+def test_read_only_filesystem(subvol, btrfs_mount):
     volume = plugin.claim(subvol)
     member = snap(volume, ID1)
     subprocess.run(["mount", "-o", "remount,ro", btrfs_mount], check=True)
@@ -286,7 +285,7 @@ def test_failed_revert_leftover_is_cleaned(subvol, monkeypatch, label):
 # -- end to end through the Snaptree API -------------------------------------------------
 
 
-def test_group_of_two_subvolumes(btrfs_mount, tmp_path):  # noqa: F811
+def test_group_of_two_subvolumes(btrfs_mount, tmp_path):
     vols = [make_subvolume(os.path.join(btrfs_mount, name)) for name in ("disk-a", "disk-b")]
     state = str(tmp_path / "state")
     with Snaptree(state) as api:

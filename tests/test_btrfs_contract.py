@@ -9,14 +9,14 @@ import pytest
 
 from snaptree.testing import BackendContract, VolumeHandle
 
-from btrfs_fixtures import btrfs_mount, digest_tree, make_subvolume, write_tree  # noqa: F401
+from btrfs_fixtures import digest_tree, make_subvolume, write_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 
 
 class TestBtrfsContract(BackendContract):
     @pytest.fixture
-    def make_volume(self, btrfs_mount):  # noqa: F811
+    def make_volume(self, btrfs_mount):
         counter = itertools.count(1)
 
         def factory() -> VolumeHandle:

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from btrfs_fixtures import btrfs_mount  # noqa: F401  (fixture)
 from crash_harness import walk_kill_points
 from test_raw import raw_factory
 

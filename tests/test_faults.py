@@ -128,7 +128,7 @@ def test_runner_maps_failures_and_injects_faults(tmp_path):
 def test_state_dir_created_private_for_nobody(tmp_path):
     """A non-root user gets the XDG default and a 0700 directory."""
     import tempfile
-    home = tmp_path = __import__("pathlib").Path(tempfile.mkdtemp(dir="/tmp"))
+    home = __import__("pathlib").Path(tempfile.mkdtemp(dir="/tmp"))
     shutil.chown(home, "nobody")
     env = {"HOME": str(home), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     result = subprocess.run(

@@ -90,8 +90,6 @@ def test_revert_keeps_mode(tmp_path):
     assert os.stat(img).st_mode & 0o777 == 0o640
 
 
-from btrfs_fixtures import btrfs_mount  # noqa: E402,F401  (fixture)
-
 
 @pytest.mark.root
 @pytest.mark.btrfs
@@ -99,13 +97,13 @@ class TestRawReflinkPath(BackendContract):
     """On btrfs the same contract holds with FICLONE reflinks."""
 
     @pytest.fixture
-    def make_volume(self, btrfs_mount):  # noqa: F811
+    def make_volume(self, btrfs_mount):
         return raw_factory(btrfs_mount)
 
 
 @pytest.mark.root
 @pytest.mark.btrfs
-def test_reflink_is_used_on_btrfs_and_revert_is_exact(btrfs_mount, tmp_path):  # noqa: F811
+def test_reflink_is_used_on_btrfs_and_revert_is_exact(btrfs_mount, tmp_path):
     from snaptree import Snaptree
     img = os.path.join(btrfs_mount, "big.img")
     with open(img, "wb") as f:

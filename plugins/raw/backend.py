@@ -13,7 +13,7 @@ import re
 import stat
 
 from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volume, VolumeBackend
-from snaptree.errors import InvalidInput, NotFound, VolumeInUse, VolumeNotFound
+from snaptree.errors import InvalidInput, NotFound, VolumeNotFound
 from snaptree.names import beside, check_abs_path
 
 from .clone import clone_file, fsync_dir, map_oserror
