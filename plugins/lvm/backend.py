@@ -14,7 +14,6 @@ Reverts are described in :mod:`snaptree_lvm.revert`; partition mapping in
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Sequence
 
@@ -35,8 +34,6 @@ from .names import match_snapshot_lv, parse_locator, snapshot_lv_name
 from .revert import SNAPSHOT_TAG, finish_thick, finish_thin, pending_tags, revert_thick, revert_thin
 
 __all__ = ["LvmBackend", "DEFAULT_SNAPSHOT_SIZE", "check_snapshot_size"]
-
-log = logging.getLogger("snaptree.lvm")
 
 #: A fifth of the origin: room for a fifth of its blocks to change before overflow.
 DEFAULT_SNAPSHOT_SIZE = "20%ORIGIN"
