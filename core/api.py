@@ -159,6 +159,12 @@ class Snaptree:
         return self.coordinator.create(group, name, description=description, memory=memory,
                                        options=options)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What backends warned about during the last create, revert or delete
+        (e.g. an LVM merge deferred until the volume is closed)."""
+        return list(self.coordinator.warnings)
+
     def revert(self, group: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
         """Bring every volume (and VM memory, if saved) back to snapshot ``name``."""
         self.group(group)

@@ -283,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args, api, out)
             finally:
                 progress.close()
+                for warning in api.warnings:
+                    print(f"snaptree: warning: {' '.join(warning.split())}", file=sys.stderr)
     except SnaptreeError as err:
         if args.debug:
             logging.exception("failed")

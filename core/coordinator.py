@@ -62,6 +62,8 @@ class Coordinator:
         self.state_dir = state_dir
         self.lock_timeout = lock_timeout
         self.progress = progress
+        #: Warnings backends left in ``ctx.scratch["warnings"]`` during the last operation.
+        self.warnings: list[str] = []
 
     @property
     def hook(self):
@@ -88,6 +90,7 @@ class Coordinator:
         ctx = OpContext(group=group, snapshot_id=snapshot_id, snapshot_name=name, options=merged)
         if self.progress is not None:
             ctx.progress = self.progress
+        ctx.scratch["warnings"] = self.warnings
         return ctx
 
     def _call(self, label: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -121,6 +124,7 @@ class Coordinator:
 
     def create(self, group_name: str, name: str | None = None, *, description: str = "",
                memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
+        self.warnings = []
         group = self.group(group_name)
         if name is None:
             name = self._default_name(group_name)
@@ -235,6 +239,7 @@ class Coordinator:
     # -- revert ---------------------------------------------------------------
 
     def revert(self, group_name: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
+        self.warnings = []
         group = self.group(group_name)
         snap = self.snapshot(group_name, name)
         if snap.state is not SnapshotState.COMPLETE:
@@ -317,6 +322,7 @@ class Coordinator:
     def delete(self, group_name: str, name: str, *, children: bool = False,
                options: dict[str, Any] | None = None) -> list[str]:
         """Delete a snapshot (and its subtree with ``children``); returns names deleted."""
+        self.warnings = []
         group = self.group(group_name)
         snap = self.snapshot(group_name, name)
         ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]

@@ -171,6 +171,8 @@ class OpContext:
     #: ``progress(done, total, label)``; cheap to call often.
     progress: Callable[..., None] = _no_progress
     #: Backends may stash data here for later hooks of the same operation.
+    #: ``scratch["warnings"]`` is a list: lines appended there reach the user
+    #: (``snaptree: warning: ...``) when the operation ends.
     scratch: dict[str, Any] = attrs.field(factory=dict)
 
     def option(self, key: str, default: Any = None) -> Any:

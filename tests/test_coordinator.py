@@ -254,3 +254,24 @@ def test_concurrent_creates_serialize(tmp_path, disks):
         # serialized: each snapshot's parent is the one made before it
         parents = [s.parent for s in snaps]
         assert parents[0] is None and parents[1:] == [s.name for s in snaps[:-1]]
+
+
+def test_backend_warnings_reach_the_user(tmp_path, disks, capsys):
+    class Warner:
+        @hookimpl(wrapper=True)
+        def snaptree_revert(self, backend, members, ctx):
+            result = yield
+            ctx.scratch["warnings"].append(f"{backend}: merge deferred until the volume is closed")
+            return result
+
+    from snaptree.cli import main
+    state = str(tmp_path / "state")
+    with Snaptree(state, plugins=[Warner()]) as api:
+        _group(api, disks)
+        api.create("vm", "a")
+        api.revert("vm", "a")
+        assert api.warnings == ["raw: merge deferred until the volume is closed"] * 2
+        api.create("vm", "b")
+        assert api.warnings == []
+    assert main(["--state-dir", state, "revert", "vm", "a"]) == 0
+    assert "snaptree: warning:" not in capsys.readouterr().err, "no warner registered here"
