@@ -45,6 +45,14 @@ MIB = 1024 * 1024
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def skip_reason(quick: bool) -> str | None:
+    """Decline ``--quick`` runs that would need minutes of an emulated guest."""
+    if quick and not host_has_devmapper():
+        return ("this kernel has no device-mapper: LVM figures come from a TCG guest that takes "
+                "minutes to boot; run './dev.sh bench' (full) or 'python -m benchmarks.bench_lvm'")
+    return None
+
+
 def unavailable() -> str | None:
     """Why this benchmark cannot run here, or ``None``."""
     if os.geteuid() != 0:

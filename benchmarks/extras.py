@@ -2,7 +2,8 @@
 
 ``benchmarks/bench_btrfs.py``, ``bench_qcow2.py`` and ``bench_lvm.py`` are
 written by each backend's engineer and expose ``measure(quick: bool) ->
-dict``.  A missing, broken, failing or hanging module must not stop the run:
+dict``, and optionally ``skip_reason(quick: bool) -> str | None`` to decline
+a run up front (LVM in ``--quick`` when only an emulated guest can run it).  A missing, broken, failing or hanging module must not stop the run:
 each is imported and called in a child process with a timeout, and whatever
 happens becomes ``{"status": "ok" | "skipped" | "failed", ...}``.
 """
@@ -76,7 +77,11 @@ def _child(module: str, mode: str, out_path: str) -> int:
         outcome = {"status": "skipped", "reason": f"import failed: {type(err).__name__}: {err}"}
     else:
         measure = getattr(imported, "measure", None)
-        if not callable(measure):
+        skip_reason = getattr(imported, "skip_reason", None)
+        reason = skip_reason(mode == "quick") if callable(skip_reason) else None
+        if reason:
+            outcome = {"status": "skipped", "reason": reason}
+        elif not callable(measure):
             outcome = {"status": "skipped", "reason": "module has no measure(quick) function"}
         else:
             try:
