@@ -46,12 +46,13 @@ def _median(rounds: int, action: Callable[[int], Any], cleanup: Callable[[int], 
     return statistics.median(times)
 
 
-def _disks(directory: str, count: int) -> dict[str, float]:
+def _disks(directory: str, count: int, rounds: int = 7) -> dict[str, float]:
+    """The methods take turns within each round (rotating order), so a noisy
+    neighbour slows them alike and the ratios stay fair."""
     images = make_images(directory, count)
-    rounds = 5
-    out: dict[str, float] = {}
     daemon = start_daemon(directory, images)
     nodes = [f"disk{i}" for i in range(count)]
+    samples: dict[str, list[float]] = {"snaptree": [], "transaction": [], "separate": []}
 
     def qmp_delete(tag: str) -> None:
         with QMPSession(daemon.qmp_socket) as session:
@@ -61,23 +62,34 @@ def _disks(directory: str, count: int) -> dict[str, float]:
     try:
         with Snaptree(os.path.join(directory, "state")) as api:
             api.create_group("g", [f"qcow2:{p}" for p in images], qmp_socket=daemon.qmp_socket)
-            out["snaptree"] = _median(rounds, lambda i: api.create("g", f"s{i}"),
-                                      lambda i: api.delete("g", f"s{i}"))
 
-        def transaction(i: int) -> None:
-            with QMPSession(daemon.qmp_socket) as session:
-                session.execute("transaction", {"actions": [
-                    {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": f"t{i}"}}
-                    for n in nodes]})
-        out["transaction"] = _median(rounds, transaction, lambda i: qmp_delete(f"t{i}"))
+            def snaptree(i: int) -> None:
+                api.create("g", f"s{i}")
 
-        def separate(i: int) -> None:
-            for node in nodes:  # a separate command (and connection) per disk
+            def transaction(i: int) -> None:
                 with QMPSession(daemon.qmp_socket) as session:
-                    session.execute("blockdev-snapshot-internal-sync", {"device": node, "name": f"p{i}"})
-        out["separate"] = _median(rounds, separate, lambda i: qmp_delete(f"p{i}"))
+                    session.execute("transaction", {"actions": [
+                        {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": f"t{i}"}}
+                        for n in nodes]})
+
+            def separate(i: int) -> None:
+                for node in nodes:  # a separate command (and connection) per disk
+                    with QMPSession(daemon.qmp_socket) as session:
+                        session.execute("blockdev-snapshot-internal-sync", {"device": node, "name": f"p{i}"})
+
+            methods = [("snaptree", snaptree, lambda i: api.delete("g", f"s{i}")),
+                       ("transaction", transaction, lambda i: qmp_delete(f"t{i}")),
+                       ("separate", separate, lambda i: qmp_delete(f"p{i}"))]
+            for index in range(rounds):
+                turn = methods[index % 3:] + methods[:index % 3]
+                for name, action, cleanup in turn:
+                    started = time.perf_counter()
+                    action(index)
+                    samples[name].append(time.perf_counter() - started)
+                    cleanup(index)
     finally:
         daemon.quit()
+    out = {name: statistics.median(times) for name, times in samples.items()}
 
     def qemu_img(i: int) -> None:
         for image in images:
@@ -86,7 +98,7 @@ def _disks(directory: str, count: int) -> dict[str, float]:
     def qemu_img_delete(i: int) -> None:
         for image in images:
             subprocess.run(["qemu-img", "snapshot", "-d", f"q{i}", image], check=True)
-    out["qemu_img"] = _median(rounds, qemu_img, qemu_img_delete)
+    out["qemu_img"] = _median(min(rounds, 5), qemu_img, qemu_img_delete)
     out["ratio_vs_transaction"] = out["snaptree"] / out["transaction"]
     out["qemu_img_over_snaptree"] = out["qemu_img"] / out["snaptree"]
     return out
@@ -123,7 +135,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"disks": {}, "memory": {}}
     for count in (1, 4, 16):
         with tempfile.TemporaryDirectory(prefix="bench-qcow2-") as directory:
-            result["disks"][count] = _disks(directory, count)
+            result["disks"][count] = _disks(directory, count, rounds=7 if quick else 15)
     for mib in ((128,) if quick else (128, 1024)):
         for mode in ("internal", "external"):
             with tempfile.TemporaryDirectory(prefix="bench-qcow2-") as directory:

@@ -61,6 +61,25 @@ def reachable(path: str | None) -> bool:
         probe.close()
 
 
+class _QuietClient(QMPClient):
+    """QMPClient that renders messages for its debug log only when it is on.
+
+    The base class formats every message with ``str(msg)`` (a JSON dump)
+    before asking the logger; a reply listing many block nodes costs
+    milliseconds that way on every command.
+    """
+
+    def _cb_outbound(self, msg):
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_outbound(msg)
+        return msg
+
+    def _cb_inbound(self, msg):
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_inbound(msg)
+        return msg
+
+
 class QMPSession:
     """One synchronous QMP connection; use as a context manager."""
 
@@ -68,7 +87,7 @@ class QMPSession:
         self.socket_path = socket_path
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
-        self._client = QMPClient("snaptree")
+        self._client = _QuietClient("snaptree")
         self.commands = 0
 
     # -- connection -----------------------------------------------------------
@@ -84,7 +103,7 @@ class QMPSession:
                 if attempt == 2:
                     self._loop.close()
                     raise
-                self._client = QMPClient("snaptree")
+                self._client = _QuietClient("snaptree")
                 time.sleep(0.05 * (attempt + 1))
             except BaseException:
                 self._loop.close()
