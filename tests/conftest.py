@@ -36,6 +36,13 @@ def state_dir(tmp_path):
 
 _CRASH_STATS: list = []
 _FUZZ_COUNTS: dict[str, int] = {}
+_GUEST_RESULTS: list[dict] = []
+
+
+@pytest.fixture
+def guest_results():
+    """The guest harness appends the inner run's junit counts here."""
+    return _GUEST_RESULTS
 
 
 @pytest.fixture
@@ -51,6 +58,12 @@ def fuzz_counter():
 
 
 def pytest_terminal_summary(terminalreporter):
+    for run in _GUEST_RESULTS:
+        terminalreporter.section("devmapper tests inside the virtme-ng guest")
+        passed = run["tests"] - run["failures"] - run["errors"] - run["skipped"]
+        terminalreporter.write_line(
+            f"{passed} passed, {run['failures'] + run['errors']} failed, {run['skipped']} skipped "
+            f"in the guest ({run['seconds']}s)")
     if _CRASH_STATS:
         tried = sum(s.tried for s in _CRASH_STATS)
         survived = sum(s.survived for s in _CRASH_STATS)

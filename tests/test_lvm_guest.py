@@ -33,7 +33,7 @@ def _junit_counts(path: str) -> dict[str, int]:
     return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
 
 
-def test_devmapper_suite_in_guest(tmp_path):
+def test_devmapper_suite_in_guest(tmp_path, guest_results):
     if host_has_devmapper():
         pytest.skip("this kernel has device-mapper: the devmapper tests run directly")
     if find_vng() is None or find_kernel() is None:
@@ -52,6 +52,7 @@ def test_devmapper_suite_in_guest(tmp_path):
         pytest.fail(f"devmapper tests failed in the guest (exit {result.returncode})\n{shown}",
                     pytrace=False)
     counts = _junit_counts(result.junit_path)
+    guest_results.append({**counts, "seconds": round(result.seconds)})
     assert counts["tests"] - counts["skipped"] >= MIN_TESTS, shown
     assert "no device-mapper" not in result.output, "the guest kernel lacked device-mapper"
     print(shown)
