@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 from typing import Sequence
 
+from snaptree.devices import kernel_has_device_mapper as has_device_mapper
+
 __all__ = ["run", "has_device_mapper", "ScratchFS", "fill_file", "write_pattern", "fs_type", "MIB", "CAPACITY_MIB"]
 
 MIB = 1024 * 1024
@@ -33,17 +35,6 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None) -> str:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise RuntimeError(f"{' '.join(argv[:3])} failed: {last}")
     return proc.stdout
-
-
-def has_device_mapper() -> bool:
-    """True when the running kernel has device-mapper (a device node alone is not enough)."""
-    if os.path.isdir("/sys/module/dm_mod"):
-        return True
-    try:
-        with open("/proc/misc", encoding="ascii") as misc:
-            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
-    except OSError:
-        return False
 
 
 def fs_type(path: str) -> str:

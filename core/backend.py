@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .errors import NotSupported
+from .errors import NotSupported, PluginError
 from .markers import hookimpl
 from .model import BackendInfo, MemberSnapshot, OpContext, SpaceUsage, Volume
 
@@ -35,7 +35,9 @@ class VolumeBackend:
     # -- methods a subclass overrides ---------------------------------------
 
     def claim(self, locator: str) -> Volume:
-        raise NotImplementedError
+        """Validate and normalise ``locator``; every backend must override this."""
+        raise PluginError(f"backend {self.info.name!r} does not say how to claim a volume "
+                          "(its plugin must override VolumeBackend.claim)")
 
     def prepare(self, operation: str, volumes: Sequence[Volume], ctx: OpContext) -> None:
         """Validate without side effects; raise on failure."""

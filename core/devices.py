@@ -47,6 +47,7 @@ __all__ = [
     "DeviceTimeout",
     "UDEV_CONTROL",
     "udev_running",
+    "kernel_has_device_mapper",
     "is_present",
     "wait_for_block_devices",
     "run_and_wait",
@@ -75,6 +76,21 @@ _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 def udev_running() -> bool:
     """True when a udev daemon runs (its control socket exists)."""
     return os.path.exists(UDEV_CONTROL)
+
+
+def kernel_has_device_mapper() -> bool:
+    """True when the running kernel has device-mapper, loaded or built in.
+
+    A ``/dev/mapper/control`` node alone proves nothing (it may be left from
+    another kernel); ``/sys/module/dm_mod`` or ``/proc/misc`` tell the truth.
+    """
+    if os.path.isdir("/sys/module/dm_mod"):
+        return True
+    try:
+        with open("/proc/misc", encoding="ascii") as misc:
+            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
+    except OSError:
+        return False
 
 
 def is_present(node: str) -> bool:

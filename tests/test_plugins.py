@@ -103,3 +103,15 @@ def test_errors_module_draws_the_whole_tree():
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert name in errors.__doc__, f"{name} missing from the error tree drawing"
+
+
+def test_backend_without_claim_is_a_clear_plugin_error(tmp_path):
+    from snaptree import VolumeBackend
+
+    class Forgetful(VolumeBackend):
+        info = BackendInfo("forgetful", "claims nothing", Capabilities())
+
+    with Snaptree(str(tmp_path / "state"), plugins=[Forgetful()]) as api:
+        with pytest.raises(PluginError, match="must override VolumeBackend.claim"):
+            api.create_group("g", ["forgetful:/x"])
+        assert api.list_groups() == []

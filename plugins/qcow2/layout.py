@@ -29,7 +29,7 @@ import secrets
 from snaptree.errors import BackendError, StateError
 from snaptree.names import beside
 
-__all__ = ["snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
+__all__ = ["read_note", "snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
            "set_active", "pause_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -58,16 +58,24 @@ def pause_marker(image: str) -> str:
     return os.path.join(snapshot_dir(image), "paused")
 
 
+def read_note(path: str) -> str | None:
+    """The one line of a small bookkeeping file (``active``, ``paused``), or
+    ``None`` when there is none."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot read {path}: {err.strerror}") from err
+
+
 def active_image(image: str) -> str:
     """The image the volume's VM runs on: the registered one or an overlay."""
     pointer = os.path.join(snapshot_dir(image), _ACTIVE)
-    try:
-        with open(pointer, encoding="utf-8") as handle:
-            target = handle.read().strip()
-    except FileNotFoundError:
+    target = read_note(pointer)
+    if target is None:
         return image
-    except OSError as err:
-        raise BackendError(f"qcow2: cannot read {pointer}: {err.strerror}") from err
     # Only the image itself or a file of its own folder may be named here.
     if target != image and os.path.dirname(target) != snapshot_dir(image):
         raise StateError(f"qcow2: {pointer} names {target!r}, outside {snapshot_dir(image)}")

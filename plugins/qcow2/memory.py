@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from snaptree.errors import BackendError
 
+from .layout import read_note
 from .qmp import QMPSession, reachable
 
 __all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file",
@@ -76,13 +77,9 @@ def resume_abandoned(marker: str) -> str | None:
     The marker names the VM's QMP socket.  A VM no longer reachable, or in a
     state snaptree does not leave it in, is not touched; the marker goes.
     """
-    try:
-        with open(marker, encoding="utf-8") as handle:
-            socket_path = handle.read().strip()
-    except FileNotFoundError:
+    socket_path = read_note(marker)
+    if socket_path is None:
         return None
-    except OSError as err:
-        raise BackendError(f"qcow2: cannot read {marker}: {err.strerror}") from err
     done = None
     if reachable(socket_path):
         with QMPSession(socket_path) as session:

@@ -20,6 +20,8 @@ import time
 
 import attrs
 
+from snaptree.devices import kernel_has_device_mapper as host_has_devmapper
+
 __all__ = ["host_has_devmapper", "find_kernel", "find_vng", "GuestResult", "run_pytest_in_guest",
            "GUEST_MODULES"]
 
@@ -28,17 +30,6 @@ GUEST_MODULES = ("dm-mod", "dm-snapshot", "dm-thin-pool", "loop")
 #: LVM settings for the throwaway guest (see :class:`snaptree_lvm.lvmcmd.LvmCommands`).
 GUEST_LVM_CONFIG = ('devices{global_filter=["a|^/dev/loop|","r|.*|"] scan_lvs=0} '
                     'backup{backup=0 archive=0}')
-
-
-def host_has_devmapper() -> bool:
-    """True when the running kernel has device-mapper (loaded or built in)."""
-    if os.path.isdir("/sys/module/dm_mod"):
-        return True
-    try:
-        with open("/proc/misc", encoding="ascii") as misc:
-            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
-    except OSError:
-        return False
 
 
 def find_kernel() -> str | None:
