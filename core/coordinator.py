@@ -87,7 +87,8 @@ class Coordinator:
     def context(self, group: Group, snapshot_id: str, name: str, options: dict[str, Any]) -> OpContext:
         merged = dict(group.options)
         merged.update(options)
-        ctx = OpContext(group=group, snapshot_id=snapshot_id, snapshot_name=name, options=merged)
+        ctx = OpContext(group=group, snapshot_id=snapshot_id, snapshot_name=name, options=merged,
+                        hook=self.hook)
         if self.progress is not None:
             ctx.progress = self.progress
         ctx.scratch["warnings"] = self.warnings
@@ -189,7 +190,10 @@ class Coordinator:
                             f"backend {backend!r} returned {len(members)} members for "
                             f"{len(volumes)} volumes")
                     made.extend(members)
-                    with self.catalog.write("create-members") as db:
+                    # No fsync of its own: ``recover`` finds half-made members
+                    # through the backends' listings, and the commit's fsync
+                    # below makes these rows durable with it.
+                    with self.catalog.write("create-members", durable=False) as db:
                         self.catalog.add_members(members, db)
                     ctx.progress(len(made), total, f"snapshot {name}")
                 if suspended:
@@ -268,8 +272,10 @@ class Coordinator:
             done: list[str] = []
             suspended = False
             try:
-                if snap.memory is not None:
-                    # every disk, of any backend, must stand still while the VM goes back
+                if snap.memory is not None or group.qmp_socket:
+                    # every disk, of any backend, must stand still while the VM goes
+                    # back; a plugin that must restart the VM does it on resume
+                    ctx.scratch["vm_hooks"] = True
                     suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
                                                 group=group, ctx=ctx))
                 for backend, volumes in batches:

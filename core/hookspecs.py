@@ -17,7 +17,7 @@ for subprocesses).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .markers import hookspec
 from .model import (
@@ -240,6 +240,50 @@ def snaptree_vm_resume(group: Group, ctx: OpContext) -> bool | None:
     :param group: the group, with its ``qmp_socket``.
     :param ctx: the operation's context.
     :returns: ``True`` when running again.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_vm_startable(group: Group) -> str | None:
+    """Say whether you can start ``group``'s VM, before a revert changes anything.
+
+    Some reverts need a fresh QEMU: an external snapshot (a running device
+    cannot move to a new overlay), a disk-only snapshot of a running VM, a
+    memory file (read only by a QEMU started with ``-incoming``).  snaptree
+    asks this first and refuses the revert, nothing changed, when no plugin
+    can start the VM.  A toolstack that owns its VMs' command lines answers
+    here; the qcow2 plugin answers for groups with a launch recipe
+    (group option ``qemu.launch``), as a last resort.
+
+    Stops at first non-None result.
+
+    :param group: the group, with its ``qmp_socket`` and options.
+    :returns: a few words on how you would start it (shown to the user), or
+        ``None`` if you cannot.
+    """
+
+
+@hookspec(firstresult=True)
+def snaptree_vm_start(group: Group, images: Mapping[str, str], incoming: bool,
+                      ctx: OpContext) -> bool | None:
+    """Start ``group``'s VM, which is not running now, **paused**.
+
+    Called during a revert after the disks were reverted, when the QEMU that
+    ran them was shut down by snaptree (or none ran and memory must be
+    restored).  Start QEMU stopped (``-S``) with its QMP monitor listening on
+    ``group.qmp_socket`` and return once that socket accepts connections;
+    snaptree then restores memory if any and resumes the guest.
+
+    Stops at first non-None result.
+
+    :param group: the group whose VM to start.
+    :param images: for every volume, the file the VM must open now (a qcow2
+        volume may have moved to a new overlay); keyed by volume locator.
+    :param incoming: start QEMU with ``-incoming defer``: snaptree feeds it
+        the saved memory with ``migrate-incoming``.
+    :param ctx: the operation's context.
+    :returns: ``True`` when QEMU is up; ``None`` if you do not start this
+        group's VM.
     """
 
 

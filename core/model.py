@@ -174,6 +174,9 @@ class OpContext:
     #: ``scratch["warnings"]`` is a list: lines appended there reach the user
     #: (``snaptree: warning: ...``) when the operation ends.
     scratch: dict[str, Any] = attrs.field(factory=dict)
+    #: The plugin manager's hook relay, to call other plugins' hooks (as
+    #: pytest's ``config.hook``); ``None`` outside a coordinator.
+    hook: Any = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)

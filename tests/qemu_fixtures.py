@@ -9,7 +9,10 @@ killed and reaped at teardown.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import select
+import signal
 import subprocess
 import time
 from typing import Iterator
@@ -17,7 +20,7 @@ from typing import Iterator
 import pytest
 
 __all__ = ["QemuProcess", "make_images", "storage_daemon", "start_vm", "start_daemon",
-           "image_digest", "qemu_io", "kvm_usable", "write_pattern"]
+           "image_digest", "qemu_io", "kvm_usable", "write_pattern", "write_recipe", "RecipeVM"]
 
 _kvm_answer: bool | None = None
 
@@ -138,8 +141,10 @@ def storage_daemon(tmp_path) -> Iterator:
 
 
 def qemu_io(image: str, command: str, *, force_share: bool = False) -> str:
-    argv = ["qemu-io", "-f", "qcow2"] + (["-U"] if force_share else []) + ["-c", command, image]
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    argv = ["qemu-io", "-f", "qcow2"] + (["-r", "-U"] if force_share else []) + ["-c", command, image]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise AssertionError(f"{argv}: {done.stdout}{done.stderr}")
     if "Pattern verification failed" in done.stdout or "failed" in done.stderr:
         raise AssertionError(done.stdout + done.stderr)
     return done.stdout
@@ -163,3 +168,64 @@ def image_digest(image: str, tmp_dir: str) -> str:
         return digest.hexdigest()
     finally:
         os.unlink(raw)
+
+
+# -- VMs snaptree may restart: started from a launch recipe -----------------------
+
+
+def write_recipe(directory: str, images: list[str], *, memory_mib: int = 64,
+                 ram_file: str | None = None) -> str:
+    """Write a launch recipe (group option ``qemu.launch``) for an OS-less VM on ``images``.
+
+    With ``ram_file`` the guest RAM is that shared file, so a test can change
+    guest memory from outside and see what a memory restore put back.
+    """
+    accel = (["-accel", "kvm", "-cpu", "host,-arch-capabilities"] if kvm_usable()
+             else ["-accel", "tcg"])
+    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-m", str(memory_mib), *accel]
+    if ram_file is not None:
+        argv += ["-object", f"memory-backend-file,id=ram0,size={memory_mib}M,mem-path={ram_file},"
+                            "share=on",
+                 "-machine", "memory-backend=ram0"]
+    for index, image in enumerate(images):
+        argv += ["-blockdev", f"driver=file,filename={{active:{image}}},node-name=file{index}",
+                 "-blockdev", f"driver=qcow2,file=file{index},node-name=disk{index}",
+                 "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index},share-rw=on"]
+    path = os.path.join(directory, "vm-recipe.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"argv": argv}, handle, indent=1)
+    return path
+
+
+class RecipeVM:
+    """A daemonized QEMU started from a recipe; snaptree may replace it by another."""
+
+    def __init__(self, recipe: str, images: list[str], qmp_socket: str):
+        from snaptree.runner import CommandRunner
+        from snaptree_qcow2 import launch, qmp
+
+        self.recipe, self.images, self.qmp_socket = recipe, images, qmp_socket
+        launch.Recipe.load(recipe, images, qmp_socket).start(
+            CommandRunner("test"), qmp_socket, incoming=False)
+        with qmp.QMPSession(qmp_socket) as session:
+            session.execute("cont")
+
+    @property
+    def pid(self) -> int | None:
+        from snaptree_qcow2 import launch
+        return launch.peer_pid(self.qmp_socket)
+
+    def kill(self) -> None:
+        """Kill whichever QEMU serves the socket now, and wait until it is gone."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], 30)
+        finally:
+            os.close(pidfd)

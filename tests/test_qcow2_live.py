@@ -129,7 +129,7 @@ def test_external_revert_refused_while_running_then_offline(api, tmp_path, proce
     _nbd_write(daemon, 0, 0x44)
     api.create("vm", "s1")
     _nbd_write(daemon, 0, 0x55)
-    with pytest.raises(NotSupported, match="shut it down"):
+    with pytest.raises(NotSupported, match="qemu.launch=FILE.*shut QEMU down"):
         api.revert("vm", "s1")
     daemon.quit()                   # socket gone: the same group now works offline
     api.revert("vm", "s1")

@@ -26,7 +26,7 @@ from snaptree import (
 from snaptree.errors import BackendError, InvalidInput, NotSupported, VolumeNotFound
 from snaptree.names import check_abs_path
 
-from . import memory
+from . import launch, memory, restart
 from .layout import PARTIAL, active_image, memory_path, pause_marker, set_active, snapshot_dir
 from .live import LiveOps
 from .offline import OfflineOps, internal_member
@@ -92,28 +92,56 @@ class Qcow2Backend(VolumeBackend):
             self._mode(ctx)
             return
         if operation == "revert":
-            snapshot = ctx.scratch.get("snapshot")
-            if snapshot is not None and snapshot.memory is not None and snapshot.memory.kind == "file":
-                raise NotSupported(
-                    "qcow2: restoring a memory file needs QEMU restarted with -incoming, which "
-                    "snaptree cannot do; snapshot with mode internal to revert with memory")
+            self._check_revert(ctx, ctx.scratch.get("members", []))
+
+    def _revert_plan(self, ctx: OpContext, members) -> str:
+        """How a revert goes: ``load`` (``snapshot-load`` in the running QEMU),
+        ``restart`` (shut QEMU down, revert offline, start it again) or
+        ``offline`` (no QEMU runs on the disks)."""
         live = self._live(ctx.group)
-        members = ctx.scratch.get("members", [])
-        if operation == "revert" and live is not None:
-            snapshot = ctx.scratch.get("snapshot")
-            with_memory = snapshot is not None and snapshot.memory is not None
-            with live.session() as session:
-                held = [m for m in members if live.holds(session, active_image(m.locator))]
-            for member in held:
-                if member.data.get("mode") == "external":
-                    raise NotSupported(
-                        f"qcow2: QEMU at {ctx.group.qmp_socket} runs on {member.locator}; a running "
-                        "QEMU cannot switch to a new overlay - shut it down to revert offline")
-                if not with_memory or snapshot.memory.kind != "internal":
-                    raise NotSupported(
-                        f"qcow2: snapshot {ctx.snapshot_name!r} has no VM memory, and QEMU loads "
-                        "only snapshots with memory into a running VM - shut it down to revert "
-                        "offline")
+        if live is None:
+            return "offline"
+        with live.session() as session:
+            held = [m for m in members if live.holds(session, active_image(m.locator))]
+        if not held:
+            return "offline"
+        snapshot = ctx.scratch.get("snapshot")
+        if (snapshot is not None and snapshot.memory is not None
+                and snapshot.memory.kind == "internal"
+                and all(m.data.get("mode") == "internal" for m in members)):
+            return "load"
+        return "restart"
+
+    def _check_revert(self, ctx: OpContext, members) -> None:
+        """Refuse, before anything changes, a revert that needs a VM nobody can start."""
+        plan = ctx.scratch["qcow2.plan"] = self._revert_plan(ctx, members)
+        snapshot = ctx.scratch.get("snapshot")
+        memory_kind = snapshot.memory.kind if snapshot is not None and snapshot.memory else None
+        if plan == "restart":
+            if self._startable(ctx) is None:
+                why = ("its VM memory is in a file that only a QEMU started with -incoming reads"
+                       if memory_kind == "file" else
+                       "an external snapshot needs the VM on a new overlay"
+                       if any(m.data.get("mode") == "external" for m in members) else
+                       "it has no VM memory, and QEMU loads only snapshots with memory into a "
+                       "running VM")
+                raise NotSupported(
+                    f"qcow2: QEMU at {ctx.group.qmp_socket} runs on the disks and reverting to "
+                    f"{ctx.snapshot_name!r} needs it restarted ({why}); give the group a launch "
+                    f"recipe (-o {launch.OPTION}=FILE) so snaptree can restart it, or shut QEMU "
+                    "down and revert offline")
+        elif plan == "offline" and memory_kind is not None and ctx.option("memory"):
+            if self._startable(ctx) is None:
+                start_it = ("start QEMU on the disks first, or " if memory_kind == "internal" else "")
+                raise NotSupported(
+                    f"qcow2: snapshot {ctx.snapshot_name!r} holds VM memory and no QEMU answers on "
+                    f"{ctx.group.qmp_socket}; {start_it}give the group a launch recipe "
+                    f"(-o {launch.OPTION}=FILE) so snaptree can start the VM")
+
+    def _startable(self, ctx: OpContext) -> str | None:
+        if ctx.hook is not None:
+            return ctx.hook.snaptree_vm_startable(group=ctx.group)
+        return self.snaptree_vm_startable(ctx.group)
 
     def snapshot(self, volumes, ctx):
         mode = self._mode(ctx)
@@ -129,29 +157,79 @@ class Qcow2Backend(VolumeBackend):
             return live.snapshot(session, volumes, ctx.snapshot_id, mode)
 
     def revert(self, members, ctx):
-        live = self._live(ctx.group)
-        if live is not None:
+        plan = ctx.scratch.pop("qcow2.plan", None) or self._revert_plan(ctx, members)
+        snapshot = ctx.scratch.get("snapshot")
+        if plan == "load":
+            # snapshot-load reverts the disks with the memory: in
+            # snaptree_memory_restore, right after this call.
+            if ctx.option("memory"):
+                ctx.scratch["qcow2.load"] = [m.volume for m in members]
+                return
+            # ``recover`` redoes an interrupted revert without the memory
+            # hooks: load disks and memory here.
+            live = self._vm(ctx.group)
             with live.session() as session:
-                if any(live.holds(session, active_image(m.locator)) for m in members):
-                    # prepare allowed only an internal snapshot with memory:
-                    # snapshot-load reverts the disks with the memory, in
-                    # snaptree_memory_restore, right after this call.
-                    if ctx.option("memory"):
-                        ctx.scratch["qcow2.load"] = [m.volume for m in members]
-                        return
-                    # ``recover`` redoes an interrupted revert without the
-                    # memory hooks: load disks and memory here.
-                    snapshot = ctx.scratch.get("snapshot")
-                    if snapshot is None or snapshot.memory is None or snapshot.memory.kind != "internal":
-                        raise NotSupported(
-                            f"qcow2: QEMU at {ctx.group.qmp_socket} runs on the disks and snapshot "
-                            f"{ctx.snapshot_name!r} has no internal VM memory; shut QEMU down to "
-                            "revert offline")
-                    nodes = live.top_nodes(session, [m.volume for m in members])
-                    memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
-                    return
+                nodes = live.top_nodes(session, [m.volume for m in members])
+                memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
+            return
+        if plan == "restart":
+            if self._startable(ctx) is None:
+                self._check_revert(ctx, members)  # ``recover`` skips prepare: refuse here
+            self._shut_down(ctx)
         for member in members:
             self.offline.revert(member)
+        if plan == "restart":
+            ctx.scratch["qcow2.start"] = True
+            if not ctx.scratch.get("vm_hooks"):
+                # ``recover``: no resume hook follows; start (and load any
+                # memory file) now
+                self._start(ctx, memory_file=self._memory_file(snapshot))
+                self._resume_started(ctx)
+
+    @staticmethod
+    def _memory_file(snapshot) -> str | None:
+        if snapshot is not None and snapshot.memory is not None and snapshot.memory.kind == "file":
+            return snapshot.memory.ref
+        return None
+
+    def _shut_down(self, ctx: OpContext) -> None:
+        """Quit the group's QEMU, leaving a note so ``recover`` can start it again."""
+        group = ctx.group
+        images = [v.locator for v in self._qcow2_volumes(group)]
+        with self._vm(group).session() as session:
+            if "qcow2.was_running" not in ctx.scratch:
+                ctx.scratch["qcow2.was_running"] = bool(
+                    session.execute("query-status").get("running"))
+            restart.mark_restart(images, group.qmp_socket, group.options.get(launch.OPTION),
+                                 running=ctx.scratch["qcow2.was_running"])
+            launch.shut_down(session, group.qmp_socket)
+
+    def _start(self, ctx: OpContext, *, memory_file: str | None) -> None:
+        """Start the group's VM paused on its current images; load ``memory_file`` if given."""
+        group = ctx.group
+        images = {v.locator: (active_image(v.locator) if v.backend == "qcow2" else v.locator)
+                  for v in group.volumes}
+        incoming = memory_file is not None
+        if ctx.hook is not None:
+            started = ctx.hook.snaptree_vm_start(group=group, images=images, incoming=incoming,
+                                                 ctx=ctx)
+        else:
+            started = self.snaptree_vm_start(group, images, incoming, ctx)
+        if not started:
+            raise NotSupported(f"qcow2: no plugin could start the VM of group {group.name!r}")
+        ctx.scratch.pop("qcow2.start", None)
+        if memory_file is not None:
+            with self._vm(group).session() as session:
+                memory.load_file(session, memory_file, ctx.progress)
+
+    def _resume_started(self, ctx: OpContext) -> None:
+        """Run the guest of a VM snaptree started, then drop the restart note."""
+        first = self._qcow2_volumes(ctx.group)[0].locator
+        note = restart.read_restart(first) or {}
+        with self._vm(ctx.group).session() as session:
+            if note.get("running", True) or self._memory_file(ctx.scratch.get("snapshot")):
+                memory.resume(session)
+        restart.clear_restart(first)
 
     def delete(self, members, ctx):
         live = self._live(ctx.group)
@@ -190,6 +268,9 @@ class Qcow2Backend(VolumeBackend):
         if not os.path.exists(active):
             set_active(volume.locator, volume.locator)
             done.append(f"active image {active} was missing; back to {volume.locator}")
+        restarted = restart.finish_abandoned_restart(volume.locator, self.qemu_img.runner)
+        if restarted:
+            done.append(restarted)
         resumed = memory.resume_abandoned(pause_marker(volume.locator))
         if resumed:
             done.append(resumed)
@@ -213,6 +294,11 @@ class Qcow2Backend(VolumeBackend):
         # The marker (in the first disk's folder) lets ``recover`` resume
         # the VM if this process dies before snaptree_vm_resume.
         marker = pause_marker(self._qcow2_volumes(group)[0].locator)
+        if "snapshot" in ctx.scratch and self._live(group) is None:
+            # a revert with no QEMU running: nothing to pause, but resume is
+            # where a VM that must be started for memory is run
+            ctx.scratch["qcow2.was_running"] = False
+            return True
         with self._vm(group).session() as session:
             ctx.scratch["qcow2.was_running"] = memory.pause(
                 session, before_stop=lambda: memory.mark_paused(marker, group.qmp_socket))
@@ -223,6 +309,8 @@ class Qcow2Backend(VolumeBackend):
     def snaptree_vm_resume(self, group, ctx):
         if not self._vm_group(group):
             return None
+        if "snapshot" in ctx.scratch:
+            return self._resume_after_revert(group, ctx)
         pending = ctx.scratch.pop("qcow2.memory_file", None)
         live = self._live(group)
         if live is None and pending is None:
@@ -255,17 +343,74 @@ class Qcow2Backend(VolumeBackend):
         ctx.scratch["qcow2.memory_file"] = path  # written by vm_resume, before cont
         return MemoryState(kind="file", ref=path)
 
+    def _resume_after_revert(self, group: Group, ctx: OpContext) -> bool:
+        """Start the VM again if the revert shut it down, and run it as it should."""
+        first = self._qcow2_volumes(group)[0].locator
+        # the note of this revert, or of an earlier one that failed to start the VM
+        note = restart.read_restart(first)
+        if note is not None and self._live(group) is None:
+            # a disk-only revert (fresh boot on the reverted disks), or a
+            # failed revert putting the VM back on the disks it has now
+            self._start(ctx, memory_file=None)
+        live = self._live(group)
+        if live is not None:
+            snapshot = ctx.scratch["snapshot"]
+            # after a revert to a point with memory the guest runs from there
+            run = (ctx.scratch.get("qcow2.was_running") or snapshot.memory is not None
+                   or bool(note and note.get("running")))
+            if run:
+                with live.session() as session:
+                    memory.resume(session)
+        memory.clear_paused(pause_marker(first))
+        if note is not None:
+            restart.clear_restart(first)
+        return True
+
     @hookimpl
     def snaptree_memory_restore(self, group, snapshot, ctx):
         if not self._vm_group(group) or snapshot.memory is None:
             return None
+        if snapshot.memory.kind == "file":
+            if self._live(group) is not None:
+                raise NotSupported(
+                    f"qcow2: a QEMU still answers on {group.qmp_socket}; a memory file loads only "
+                    "into a QEMU snaptree starts")
+            self._start(ctx, memory_file=snapshot.memory.ref)
+            return True
         if snapshot.memory.kind != "internal":
-            raise NotSupported("qcow2: restoring a memory file needs QEMU restarted with -incoming")
+            return None
+        if self._live(group) is None:
+            self._start(ctx, memory_file=None)  # paused; snapshot-load then runs it
         live = self._vm(group)
         volumes = ctx.scratch.pop("qcow2.load", None) or self._qcow2_volumes(group)
         with live.session() as session:
             nodes = live.top_nodes(session, volumes)
             memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
+        return True
+
+    # -- the built-in launcher: a group's launch recipe -------------------------
+
+    def _recipe(self, group: Group) -> launch.Recipe | None:
+        path = group.options.get(launch.OPTION)
+        if not path or not group.qmp_socket or not self._qcow2_volumes(group):
+            return None
+        return launch.Recipe.load(path, [v.locator for v in self._qcow2_volumes(group)],
+                                  group.qmp_socket)
+
+    @hookimpl(trylast=True)
+    def snaptree_vm_startable(self, group):
+        recipe = self._recipe(group)
+        return None if recipe is None else f"from launch recipe {recipe.path}"
+
+    @hookimpl(trylast=True)
+    def snaptree_vm_start(self, group, images, incoming, ctx):
+        recipe = self._recipe(group)
+        if recipe is None:
+            return None
+        qcow2_images = {v.locator: images.get(v.locator, active_image(v.locator))
+                        for v in self._qcow2_volumes(group)}
+        recipe.start(self.qemu_img.runner, group.qmp_socket, incoming=incoming,
+                     images=qcow2_images)
         return True
 
     @hookimpl

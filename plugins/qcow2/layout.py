@@ -18,6 +18,11 @@ External snapshots live in ``/dir/.disk.qcow2.snaptree/``:
 ``paused``
     the QMP socket of a VM snaptree paused and has not resumed yet (in the
     first disk's folder); if snaptree dies in between, ``recover`` resumes it.
+``restart``
+    written before snaptree shuts a VM down to revert it, removed once the
+    VM runs again (in the first disk's folder): JSON with the QMP socket,
+    the launch recipe and the group's qcow2 images, so ``recover`` can start
+    a VM that an interrupted revert left down.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from snaptree.errors import BackendError, StateError
 from snaptree.names import beside
 
 __all__ = ["read_note", "snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
-           "set_active", "pause_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
+           "set_active", "pause_marker", "restart_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
 OVERLAY_FILE = re.compile(r"^([0-9a-f]{16})\.qcow2$")
@@ -56,6 +61,10 @@ def memory_path(image: str, snapshot_id: str) -> str:
 
 def pause_marker(image: str) -> str:
     return os.path.join(snapshot_dir(image), "paused")
+
+
+def restart_marker(image: str) -> str:
+    return os.path.join(snapshot_dir(image), "restart")
 
 
 def read_note(path: str) -> str | None:

@@ -9,8 +9,9 @@
   runs after the disks were snapshotted and before ``cont``: migration
   inactivates the block nodes, which would make the disk snapshot fail, and
   the guest is paused throughout, so disks and memory still match.
-  Restoring a memory file needs a QEMU restarted with ``-incoming``, whose
-  command line snaptree does not own, so that revert is not offered.
+  Restoring a memory file needs a QEMU started with ``-incoming defer``
+  (:mod:`.launch`); :func:`load_file` feeds it the file over a passed
+  descriptor with ``migrate-incoming``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from snaptree.errors import BackendError
 from .layout import read_note
 from .qmp import QMPSession, reachable
 
-__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file",
+__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file", "load_file",
            "mark_paused", "clear_paused", "resume_abandoned"]
 
 _FD_NAME = "snaptree-memory"
@@ -147,6 +148,38 @@ def migrate_to_file(session: QMPSession, path: str, progress: Callable[..., None
         return os.stat(path).st_size
     except OSError as err:
         raise BackendError(f"qcow2: cannot finish memory file {path}: {err.strerror}") from err
+
+
+def load_file(session: QMPSession, path: str, progress: Callable[..., None],
+              timeout: float = 3600.0) -> None:
+    """Load the memory file ``path`` into a QEMU waiting with ``-incoming defer``.
+
+    The guest stays paused afterwards (QEMU was started with ``-S``).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot open memory file {path}: {err.strerror}") from err
+    try:
+        total = os.fstat(fd).st_size
+        session.send_fd(fd, _FD_NAME)
+    finally:
+        os.close(fd)
+    session.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        info = session.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            progress(total, total, "load memory")
+            return
+        if status in ("failed", "cancelled"):
+            raise BackendError(f"qcow2: loading memory from {path} failed: "
+                               f"{info.get('error-desc', status)}")
+        if time.monotonic() > deadline:
+            raise BackendError(f"qcow2: loading memory from {path} timed out")
+        progress(0, total, "load memory")
+        time.sleep(0.02)
 
 
 def _unlink(path: str) -> None:
