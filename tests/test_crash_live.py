@@ -14,6 +14,10 @@ read the way the guest sees it:
   the active image with ``qemu-img convert -U`` after QEMU flushed it.
   The same VM runs create and delete of external snapshots with a memory
   file.  After ``recover`` the VM must be running again.
+* a VM started from a launch recipe (``qemu.launch``) runs the reverts that
+  restart QEMU: an external snapshot with a memory file (``-incoming``) and a
+  disk-only one (a fresh boot); ``recover`` must start a VM the kill left
+  down.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tempfile
 import pytest
 
 from crash_harness import CrashScene, walk_kill_points
-from qemu_fixtures import QemuProcess, start_daemon, start_vm, make_images
+from qemu_fixtures import QemuProcess, RecipeVM, make_images, start_daemon, start_vm, write_recipe
 from snaptree.testing import VolumeHandle
 from snaptree_qcow2 import active_image, qmp
 
@@ -54,15 +58,19 @@ class LiveScenes:
 
     def make_volumes(self, base: str) -> list[VolumeHandle]:
         images = make_images(base, 2)
+        options = {"qcow2.mode": self.mode}
         if self.kind == "daemon":
             process = start_daemon(base, images)
+        elif self.kind == "recipe":
+            options["qemu.launch"] = write_recipe(base, images, memory_mib=16)
+            process = RecipeVM(options["qemu.launch"], images, os.path.join(base, "vm.qmp"))
         else:
             process = start_vm(base, images, memory_mib=16)
         self.processes[base] = process
         return [VolumeHandle(spec=f"qcow2:{image}",
                              fill=lambda seed, i=index: self._fill(process, i, seed),
                              digest=lambda i=index, p=image: self._digest(process, i, p, base),
-                             group_options={"qcow2.mode": self.mode},
+                             group_options=options,
                              qmp_socket=process.qmp_socket)
                 for index, image in enumerate(images)]
 
@@ -161,9 +169,17 @@ def test_live_memory_survives_every_kill_point(operation, short_dir, crash_total
 def test_live_memory_file_survives_every_kill_point(operation, short_dir, crash_totals):
     """External snapshots with a memory file (transaction, then migrate, then cont).
 
-    A running QEMU cannot revert to them (see the qcow2 README), so create
-    and delete only.
+    Their revert restarts QEMU: see the recipe walks below.
     """
     scenes = LiveScenes("vm", "external")
     _walk("qemu-mfile", operation, short_dir, scenes, crash_totals, memory=True,
           extra_checks=scenes.vm_running)
+
+
+@pytest.mark.parametrize("memory", [True, False], ids=["memory-file", "disk-only"])
+def test_live_restart_revert_survives_every_kill_point(memory, short_dir, crash_totals):
+    """External revert on a running VM: quit QEMU, new overlays, start it from the recipe
+    (loading the memory file with -incoming, or booting afresh)."""
+    scenes = LiveScenes("recipe", "external")
+    _walk("qemu-restart" + ("-mem" if memory else ""), "revert", short_dir, scenes, crash_totals,
+          memory=memory, extra_checks=scenes.vm_running)
