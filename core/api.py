@@ -17,6 +17,7 @@ from .names import check_abs_path, check_name, split_spec
 from .plugins import PluginSet
 from .recovery import DriftReport, RecoveryReport, check, recover
 from .statedir import default_state_dir, ensure_state_dir
+from . import vm
 
 __all__ = ["Snaptree"]
 
@@ -170,6 +171,22 @@ class Snaptree:
         self.group(group)
         self._recover_first(group)
         return self.coordinator.revert(group, name, options=options)
+
+    def start_vm(self, group: str, *, paused: bool = False) -> dict[str, str]:
+        """Start ``group``'s VM (``virsh start``) on the files its volumes are at now.
+
+        A plugin must know how (a launch recipe, ``-o qemu.launch=FILE``, or a
+        toolstack plugin).  Returns volume locator -> file the VM opened.
+        """
+        g = self.group(group)
+        self._recover_first(group)
+        with group_lock(self.state_dir, group, self.coordinator.lock_timeout):
+            ctx = self.coordinator.context(g, "", "", {})
+            ctx.scratch["operation"] = "start"
+            vm.start(self.plugins.hook, g, ctx)
+            if not paused:
+                self.plugins.hook.snaptree_vm_resume(group=g, ctx=ctx)
+            return vm.current_images(self.plugins.hook, g)
 
     def delete(self, group: str, name: str, *, children: bool = False) -> list[str]:
         """Delete snapshot ``name`` (its subtree with ``children``); children are re-parented."""

@@ -60,6 +60,10 @@ class VolumeBackend:
     def recover_volume(self, volume: Volume) -> list[str]:
         return []
 
+    def volume_path(self, volume: Volume) -> str:
+        """The file or device a VM opens for ``volume`` now (the locator by default)."""
+        return volume.locator
+
     # -- the hooks ------------------------------------------------------------
 
     def _mine(self, backend: str) -> bool:
@@ -113,6 +117,12 @@ class VolumeBackend:
         if not self._mine(backend):
             return None
         return self.space_used(member)
+
+    @hookimpl
+    def snaptree_volume_path(self, backend, volume):
+        if not self._mine(backend):
+            return None
+        return self.volume_path(volume)
 
     @hookimpl
     def snaptree_recover_volume(self, backend, volume):

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--children", action="store_true", help="delete the whole subtree")
     _json_flag(p)
+    p = sub.add_parser("start", help="start a group's VM on its current disks (needs a launch recipe)")
+    p.add_argument("group")
+    p.add_argument("--paused", action="store_true", help="leave the guest paused")
+    _json_flag(p)
     p = sub.add_parser("check", help="report drift between the catalog and storage")
     p.add_argument("group")
     _json_flag(p)
@@ -227,6 +231,13 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
     if cmd == "delete":
         names = api.delete(args.group, args.name, children=args.children)
         out.emit({"deleted": names}, f"deleted {', '.join(repr(n) for n in names)}")
+        return 0
+    if cmd == "start":
+        images = api.start_vm(args.group, paused=args.paused)
+        state = "paused" if args.paused else "running"
+        out.emit({"group": args.group, "state": state, "images": images},
+                 [f"VM of group {args.group!r} started ({state}) on:"]
+                 + [f"  {path}" for path in images.values()])
         return 0
     if cmd == "check":
         report = api.check(args.group)

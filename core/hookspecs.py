@@ -195,6 +195,24 @@ def snaptree_space_used(backend: str, member: MemberSnapshot) -> SpaceUsage | No
 
 
 @hookspec(firstresult=True)
+def snaptree_volume_path(backend: str, volume: Volume) -> str | None:
+    """The file or device a VM must open for ``volume`` now.
+
+    Usually the locator itself; a qcow2 volume with external snapshots runs
+    on its newest overlay, an LVM volume ``VG/LV`` is the device
+    ``/dev/VG/LV``.  Used to start a group's VM (:func:`snaptree_vm_start`).
+    The :class:`~snaptree.backend.VolumeBackend` base class answers with the
+    locator.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param volume: a claimed volume.
+    :returns: an absolute path.
+    """
+
+
+@hookspec(firstresult=True)
 def snaptree_recover_volume(backend: str, volume: Volume) -> Sequence[str] | None:
     """Finish or clean up backend-private leftovers on ``volume``.
 
@@ -234,6 +252,10 @@ def snaptree_vm_suspend(group: Group, ctx: OpContext) -> bool | None:
 @hookspec(firstresult=True)
 def snaptree_vm_resume(group: Group, ctx: OpContext) -> bool | None:
     """Resume a VM paused by :func:`snaptree_vm_suspend`.
+
+    Also called by ``snaptree start`` to run a VM just started with
+    :func:`snaptree_vm_start` (then ``ctx.scratch["operation"]`` is
+    ``"start"``).
 
     Stops at first non-None result.
 

@@ -128,6 +128,13 @@ class BackendContract:
         assert info.name == vol.backend
         assert info.provider, "the manager records which plugin provides a backend"
 
+    def test_volume_path_is_what_a_vm_opens(self, api, make_volume):
+        vol = make_volume()
+        volume = api.claim(vol.spec)
+        path = api.plugins.hook.snaptree_volume_path(backend=volume.backend, volume=volume)
+        assert isinstance(path, str) and path.startswith("/"), \
+            "snaptree_volume_path gives the absolute file or device a VM opens"
+
     def test_create_list_revert_delete(self, api, make_volume):
         vol = make_volume()
         group = self._group(api, [vol])

@@ -313,3 +313,35 @@ def test_a_toolstack_plugin_starts_the_vm_in_place_of_the_recipe(machines):
     assert m.status() == "running"
     assert m.ram_mark(11 * 4) == b"toolstack-A" * 4
     m.flush_and_check(0x91)
+
+
+def test_start_runs_the_vm_on_its_newest_overlays(machines):
+    m = machines(mode="external")
+    m.write(0xA1)
+    m.api().create("vm", "one")
+    m.write(0xA2)
+    m.vm.kill()
+    result = run_cli(["--json", "start", "vm"], m.state)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["state"] == "running"
+    assert data["images"] == {i: active_image(i) for i in m.images}
+    assert all(active_image(i) != i for i in m.images)
+    assert m.status() == "running"
+    assert m.reads(0xA2), "the VM sees what was written after the snapshot"
+    again = run_cli(["start", "vm"], m.state)
+    assert again.returncode == 4 and "already answers" in again.stderr
+    m.vm.kill()
+    assert run_cli(["start", "vm", "--paused"], m.state).returncode == 0
+    assert m.status() == "prelaunch"
+
+
+def test_start_needs_a_way_to_start_the_vm(machines, tmp_path):
+    m = machines(mode="external", recipe=False)
+    m.vm.kill()
+    result = run_cli(["start", "vm"], m.state)
+    assert result.returncode == 7 and "qemu.launch" in result.stderr
+    image = make_images(str(tmp_path), 1)[0]
+    assert run_cli(["group", "create", "plain", f"qcow2:{image}"], m.state).returncode == 0
+    result = run_cli(["start", "plain"], m.state)
+    assert result.returncode == 2 and "no QMP socket" in result.stderr

@@ -97,6 +97,10 @@ class LvmBackend(VolumeBackend):
             raise InvalidInput(f"lvm: {vg}/{lv} is an internal LV or a pool, not a volume")
         return Volume("lvm", f"{vg}/{lv}")
 
+    def volume_path(self, volume):
+        vg, lv = parse_locator(volume.locator)
+        return f"/dev/{vg}/{lv}"
+
     def prepare(self, operation, volumes, ctx):
         check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
         for volume in volumes:

@@ -24,6 +24,7 @@ from snaptree import (
     hookimpl,
 )
 from snaptree.errors import BackendError, InvalidInput, NotSupported, VolumeNotFound
+from snaptree import vm
 from snaptree.names import check_abs_path
 
 from . import launch, memory, restart
@@ -178,13 +179,11 @@ class Qcow2Backend(VolumeBackend):
             self._shut_down(ctx)
         for member in members:
             self.offline.revert(member)
-        if plan == "restart":
-            ctx.scratch["qcow2.start"] = True
-            if not ctx.scratch.get("vm_hooks"):
-                # ``recover``: no resume hook follows; start (and load any
-                # memory file) now
-                self._start(ctx, memory_file=self._memory_file(snapshot))
-                self._resume_started(ctx)
+        if plan == "restart" and not ctx.scratch.get("vm_hooks"):
+            # ``recover``: no resume hook follows; start (and load any
+            # memory file) now
+            self._start(ctx, memory_file=self._memory_file(snapshot))
+            self._resume_started(ctx)
 
     @staticmethod
     def _memory_file(snapshot) -> str | None:
@@ -207,17 +206,12 @@ class Qcow2Backend(VolumeBackend):
     def _start(self, ctx: OpContext, *, memory_file: str | None) -> None:
         """Start the group's VM paused on its current images; load ``memory_file`` if given."""
         group = ctx.group
-        images = {v.locator: (active_image(v.locator) if v.backend == "qcow2" else v.locator)
-                  for v in group.volumes}
         incoming = memory_file is not None
         if ctx.hook is not None:
-            started = ctx.hook.snaptree_vm_start(group=group, images=images, incoming=incoming,
-                                                 ctx=ctx)
+            vm.start(ctx.hook, group, ctx, incoming=incoming)
         else:
-            started = self.snaptree_vm_start(group, images, incoming, ctx)
-        if not started:
-            raise NotSupported(f"qcow2: no plugin could start the VM of group {group.name!r}")
-        ctx.scratch.pop("qcow2.start", None)
+            images = {v.locator: active_image(v.locator) for v in self._qcow2_volumes(group)}
+            self.snaptree_vm_start(group, images, incoming, ctx)
         if memory_file is not None:
             with self._vm(group).session() as session:
                 memory.load_file(session, memory_file, ctx.progress)
@@ -246,6 +240,9 @@ class Qcow2Backend(VolumeBackend):
 
     def list(self, volume):
         return self.offline.list(volume)
+
+    def volume_path(self, volume):
+        return active_image(volume.locator)
 
     def space_used(self, member):
         if member.data.get("mode") == "external":
@@ -311,6 +308,10 @@ class Qcow2Backend(VolumeBackend):
             return None
         if "snapshot" in ctx.scratch:
             return self._resume_after_revert(group, ctx)
+        if ctx.scratch.get("operation") == "start":
+            with self._vm(group).session() as session:
+                memory.resume(session)
+            return True
         pending = ctx.scratch.pop("qcow2.memory_file", None)
         live = self._live(group)
         if live is None and pending is None:
