@@ -1,15 +1,22 @@
-"""A real demo of the snapshot lifecycle on raw image files.
+"""A real demo of the snapshot lifecycle: raw image files, then a running VM.
 
 ``python -m snaptree.demo [--keep DIR]`` makes two small disk images, groups
 them as one VM, snapshots twice, draws the tree, reverts, checks the bytes
 came back, deletes, and prints each ``snaptree`` command as it runs it.
+
+Then, when QEMU is installed, the ``xl snapshot`` flow on a real (OS-less)
+``qemu-system-x86_64``: start it from a launch recipe, snapshot its two qcow2
+disks and its memory at one point, change both, revert, and check that the
+guest's RAM and disks are back as they were.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,7 +49,7 @@ def main(argv=None) -> int:
         _write(d, f"{os.path.basename(d)} v1 ")
 
     def st(*cmd: str) -> None:
-        shown = " ".join(cmd)
+        shown = shlex.join(cmd)
         print(f"\n$ snaptree {shown}", flush=True)
         result = subprocess.run([sys.executable, "-m", "snaptree", "--state-dir", state, *cmd])
         if result.returncode != 0:
@@ -73,11 +80,88 @@ def main(argv=None) -> int:
         st("list", "vm1", "--tree")
         st("check", "vm1")
         st("--json", "current", "vm1")
+        if shutil.which("qemu-system-x86_64") and shutil.which("qemu-img"):
+            _vm_demo(work, st)
+        else:
+            print("\n# skipping the VM part: qemu-system-x86_64 / qemu-img not installed")
         print("\ndemo: lifecycle complete; all checks passed", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+_RAM_MIB = 64
+_RAM_MARK_AT = 40 * 1024 * 1024   # far from what the firmware touches
+
+
+def _vm_demo(work: str, st) -> None:
+    """Memory + disks of a running VM, snapshotted and reverted together."""
+    from snaptree_qcow2.qmp import QMPSession
+
+    vm_dir = tempfile.mkdtemp(prefix="stdemo-", dir="/tmp")  # unix socket paths stay short
+    sock = os.path.join(vm_dir, "vm.qmp")
+    ram = os.path.join(vm_dir, "guest.ram")
+    images = [os.path.join(work, f"vm2-disk{i}.qcow2") for i in range(2)]
+    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg",
+            "-m", str(_RAM_MIB),
+            "-object", f"memory-backend-file,id=ram0,size={_RAM_MIB}M,mem-path={ram},share=on",
+            "-machine", "memory-backend=ram0"]
+    for i, image in enumerate(images):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"], check=True)
+        argv += ["-blockdev", f"driver=file,filename={{active:{image}}},node-name=f{i}",
+                 "-blockdev", f"driver=qcow2,file=f{i},node-name=d{i}",
+                 "-device", f"virtio-blk-pci,drive=d{i},id=vd{i},share-rw=on"]
+    recipe = os.path.join(work, "vm2-recipe.json")
+    with open(recipe, "w", encoding="utf-8") as f:
+        json.dump({"argv": argv}, f, indent=1)
+
+    def guest_io(command: str) -> str:
+        out = []
+        with QMPSession(sock) as session:
+            for i in range(len(images)):
+                out.append(session.execute("human-monitor-command", {
+                    "command-line": f'qemu-io -d vd{i}/virtio-backend "{command}"'}))
+        return "".join(out)
+
+    def mark_ram(text: bytes) -> None:
+        with open(ram, "r+b") as f:
+            f.seek(_RAM_MARK_AT)
+            f.write(text)
+
+    def ram_mark(length: int) -> bytes:
+        with open(ram, "rb") as f:
+            f.seek(_RAM_MARK_AT)
+            return f.read(length)
+
+    print("\n# --- a running VM: memory and every disk at one point (the xl snapshot flow) ---")
+    try:
+        st("group", "create", "vm2", *[f"qcow2:{i}" for i in images], "--qmp", sock,
+           "-o", f"qemu.launch={recipe}", "-o", "qcow2.mode=external")
+        st("start", "vm2")
+        guest_io("write -P 0x61 0 1M")
+        mark_ram(b"guest memory at 'booted' " * 4)
+        print("# the guest wrote 0x61 to both disks; its RAM holds \"guest memory at 'booted'\"")
+        st("create", "vm2", "booted", "--memory", "--description", "disks + RAM")
+        guest_io("write -P 0x62 0 1M")
+        mark_ram(b"guest memory, later....  " * 4)
+        print("# the guest moved on: 0x62 on the disks, other bytes in RAM")
+        st("revert", "vm2", "booted")
+        assert "Pattern verification failed" not in guest_io("read -P 0x61 0 1M"), \
+            "the disks did not come back"
+        assert ram_mark(25 * 4) == b"guest memory at 'booted' " * 4, "the RAM did not come back"
+        print("# a new QEMU loaded the memory file: RAM and disks are back at 'booted', running")
+        st("list", "vm2", "--tree")
+        st("info", "vm2", "booted")
+        st("delete", "vm2", "booted")
+        st("check", "vm2")
+    finally:
+        try:
+            with QMPSession(sock) as session:
+                session.execute("quit")
+        except Exception:
+            pass  # not started, or gone already
+        shutil.rmtree(vm_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
