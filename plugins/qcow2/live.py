@@ -3,9 +3,18 @@
 Every qcow2 disk of a group that one QEMU owns is snapshotted in one QMP
 ``transaction``: QEMU prepares every action before committing any, so the
 group gets all its member snapshots or none.  Block nodes are found by the
-file of the volume's active image (``query-named-block-nodes``); after an
-external snapshot that is the new overlay, so internal snapshots then land
-in the new top node.
+file of the volume's active image; after an external snapshot that is the
+new overlay, so internal snapshots then land in the new top node.
+
+Finding the nodes is most of snaptree's own cost on a live create: the
+guest devices' top nodes (``query-block``, cheap) are asked first, every
+named node (``query-named-block-nodes``, a few milliseconds with many disks)
+when devices do not hold the images, as on a ``qemu-storage-daemon``.  The
+nodes found are remembered per QEMU process (socket path and pid); an
+internal snapshot then goes straight to them and is checked afterwards in
+the images themselves (:mod:`.header`).  Should a node name have moved to
+another image meanwhile, the misplaced tags are deleted and the snapshot
+is taken again with fresh nodes: still one transaction for the group.
 """
 
 from __future__ import annotations
@@ -16,12 +25,24 @@ from typing import Any, Callable, Sequence
 from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
 
+from .header import snapshot_names
 from .layout import active_image, overlay_path, set_active, snapshot_dir
 from .offline import Chain, external_member, internal_member
 from .qemuimg import QemuImg
 from .qmp import QMPSession
 
-__all__ = ["LiveOps", "block_nodes"]
+__all__ = ["LiveOps", "block_nodes", "forget_nodes"]
+
+#: (socket path, QEMU pid) -> {image file: node name} found by the last lookups
+_remembered: dict[tuple[str, int], dict[str, str]] = {}
+#: QEMU processes whose guest devices did not hold our images: ask for every node
+_without_devices: set[tuple[str, int]] = set()
+
+
+def forget_nodes() -> None:
+    """Drop every remembered node name (tests; a long-lived process may too)."""
+    _remembered.clear()
+    _without_devices.clear()
 
 
 def block_nodes(session: QMPSession) -> dict[str, str]:
@@ -32,6 +53,27 @@ def block_nodes(session: QMPSession) -> dict[str, str]:
         if node.get("drv") == "qcow2" and node.get("file"):
             nodes.setdefault(os.path.realpath(node["file"]), node["node-name"])
     return nodes
+
+
+def _device_nodes(session: QMPSession) -> dict[str, str]:
+    """Map image file -> node name of the qcow2 top node of every guest device."""
+    nodes: dict[str, str] = {}
+    for device in session.execute("query-block"):
+        inserted = device.get("inserted") or {}
+        if inserted.get("drv") == "qcow2" and inserted.get("file") and inserted.get("node-name"):
+            nodes.setdefault(inserted["file"], inserted["node-name"])
+    return nodes
+
+
+def _match(nodes: dict[str, str], files: Sequence[str]) -> list[str | None]:
+    """The node of each file; names QEMU spells differently are compared resolved."""
+    found = [nodes.get(f) for f in files]
+    if None in found:
+        resolved: dict[str, str] = {}
+        for path, node in nodes.items():
+            resolved.setdefault(os.path.realpath(path), node)
+        found = [node or resolved.get(f) for f, node in zip(files, found)]
+    return found
 
 
 def _node_name(snapshot_id: str, index: int) -> str:
@@ -49,28 +91,61 @@ class LiveOps:
     def session(self) -> QMPSession:
         return QMPSession(self.socket_path)
 
-    def top_nodes(self, session: QMPSession, volumes: Sequence[Volume]) -> list[str]:
-        """Node name of each volume's active image; raise when QEMU does not hold it."""
-        nodes = block_nodes(session)
-        names = []
-        for volume in volumes:
-            active = active_image(volume.locator)
-            if active not in nodes:
+    def top_nodes(self, session: QMPSession, volumes: Sequence[Volume],
+                  actives: Sequence[str] | None = None) -> list[str]:
+        """Node name of each volume's active image; raise when QEMU does not hold it.
+
+        Always asks QEMU (and remembers the answer); ``actives`` are the
+        volumes' active images when the caller has read them already.
+        """
+        if actives is None:
+            actives = [active_image(v.locator) for v in volumes]
+        found = self._find(session, actives)
+        for volume, active, node in zip(volumes, actives, found):
+            if node is None:
                 raise BackendError(
                     f"qcow2: the QEMU at {self.socket_path} has no block node for {active} "
                     f"(the active image of {volume.locator})")
-            names.append(nodes[active])
-        return names
+        return found  # type: ignore[return-value]
+
+    def _find(self, session: QMPSession, actives: Sequence[str]) -> list[str | None]:
+        key = (self.socket_path, session.peer_pid or 0)
+        found: list[str | None] = [None]
+        if key not in _without_devices:
+            found = _match(_device_nodes(session), actives)
+            if None in found:
+                _without_devices.add(key)
+        if None in found:
+            found = _match(block_nodes(session), actives)
+        if key[1]:
+            known = _remembered.setdefault(key, {})
+            known.update((a, n) for a, n in zip(actives, found) if n is not None)
+        return found
+
+    def _recall(self, session: QMPSession, actives: Sequence[str]) -> list[str] | None:
+        """The remembered node of each active image, or None if one is not known."""
+        pid = session.peer_pid
+        known = _remembered.get((self.socket_path, pid)) if pid else None
+        if not known:
+            return None
+        found = [known.get(a) for a in actives]
+        return None if None in found else found  # type: ignore[return-value]
 
     # -- snapshot -------------------------------------------------------------
 
     def snapshot(self, session: QMPSession, volumes: Sequence[Volume], snapshot_id: str,
                  mode: str) -> list[MemberSnapshot]:
-        tops = self.top_nodes(session, volumes)
+        actives = [active_image(v.locator) for v in volumes]
+        if mode == "internal":
+            tops = self._recall(session, actives)
+            if tops is not None:
+                members = self._internal_on_recalled(session, volumes, actives, tops, snapshot_id)
+                if members is not None:
+                    return members
+        tops = self.top_nodes(session, volumes, actives)
         actions: list[dict[str, Any]] = []
         members: list[MemberSnapshot] = []
-        for index, (volume, node) in enumerate(zip(volumes, tops)):
-            active = active_image(volume.locator)
+        for index, (volume, node, active) in enumerate(zip(volumes, tops, actives)):
             if mode == "internal":
                 actions.append({"type": "blockdev-snapshot-internal-sync",
                                 "data": {"device": node, "name": snapshot_id}})
@@ -96,6 +171,38 @@ class LiveOps:
             for volume, member in zip(volumes, members):
                 set_active(volume.locator, member.data["overlay"])
         return members
+
+    def _internal_on_recalled(self, session: QMPSession, volumes: Sequence[Volume],
+                              actives: Sequence[str], tops: list[str],
+                              snapshot_id: str) -> list[MemberSnapshot] | None:
+        """Snapshot into remembered nodes; None when they proved stale (nothing is left made)."""
+        actions = [{"type": "blockdev-snapshot-internal-sync",
+                    "data": {"device": node, "name": snapshot_id}} for node in tops]
+        try:
+            session.execute("transaction", {"actions": actions})
+        except QMPFailed:
+            if self._find(session, actives) == tops:
+                raise  # the nodes are right: QEMU refused for another reason
+            return None  # a transaction fails whole: nothing to clean up
+        members = [internal_member(v, snapshot_id, a) for v, a in zip(volumes, actives)]
+        if all(snapshot_id in (snapshot_names(a) or ()) for a in actives):
+            return members  # every tag is in the image it was meant for
+        if self._find(session, actives) == tops:
+            return members  # an image we could not read; QEMU vouches for the nodes
+        # A remembered node name now stands for another image: take back
+        # every tag of this transaction and let the caller start afresh.
+        left = []
+        for node in tops:
+            try:
+                session.execute("blockdev-snapshot-delete-internal-sync",
+                                {"device": node, "name": snapshot_id})
+            except QMPFailed as err:
+                left.append(f"{node}: {err}")
+        if left:
+            raise BackendError(
+                f"qcow2: QEMU at {self.socket_path} renamed its block nodes during the snapshot "
+                f"and tag {snapshot_id} could not be removed from: {'; '.join(left)}")
+        return None
 
     def _remove_unused_overlays(self, session: QMPSession, members: Sequence[MemberSnapshot]) -> None:
         held = block_nodes(session)

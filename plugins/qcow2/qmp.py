@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from typing import Any, Callable
 
@@ -79,6 +80,15 @@ class _QuietClient(QMPClient):
             return super()._cb_inbound(msg)
         return msg
 
+    def peer_pid(self) -> int | None:
+        """The process id at the other end of the connection (``SO_PEERCRED``)."""
+        try:
+            sock = self._writer.get_extra_info("socket")
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except (AttributeError, OSError):
+            return None
+        return struct.unpack("3i", creds)[0] or None
+
 
 class QMPSession:
     """One synchronous QMP connection; use as a context manager."""
@@ -89,6 +99,7 @@ class QMPSession:
         self._loop = asyncio.new_event_loop()
         self._client = _QuietClient("snaptree")
         self.commands = 0
+        self._peer_pid: int | None = 0  # 0: not asked yet
 
     # -- connection -----------------------------------------------------------
 
@@ -132,6 +143,17 @@ class QMPSession:
             raise BackendError(
                 f"qcow2: lost QEMU at {self.socket_path} during {what}: "
                 f"{err or type(err).__name__}") from err
+
+    @property
+    def peer_pid(self) -> int | None:
+        """Process id of the QEMU this session talks to, ``None`` if unknown.
+
+        With the socket path it names one QEMU instance: what was learnt
+        about its block nodes stays true only while the same process runs.
+        """
+        if self._peer_pid == 0:
+            self._peer_pid = self._client.peer_pid()
+        return self._peer_pid
 
     # -- commands -------------------------------------------------------------
 

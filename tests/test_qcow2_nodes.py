@@ -1,0 +1,156 @@
+"""How the live qcow2 path finds block nodes: query-block first, remembered
+nodes checked in the images afterwards, stale ones noticed and replaced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from qemu_fixtures import make_images, start_daemon, start_vm
+from snaptree import Snaptree
+from snaptree_qcow2 import live, qmp
+from snaptree_qcow2.header import snapshot_names
+
+pytestmark = [pytest.mark.qemu]
+
+
+def _qemu_img_tags(image: str) -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", image],
+                         capture_output=True, text=True, check=True).stdout
+    return [s["name"] for s in json.loads(out).get("snapshots", [])]
+
+
+@pytest.fixture
+def api(tmp_path):
+    live.forget_nodes()
+    with Snaptree(str(tmp_path / "state")) as snaptree:
+        yield snaptree
+    live.forget_nodes()
+
+
+@pytest.fixture
+def commands(monkeypatch):
+    """Every QMP command name sent, in order."""
+    sent: list[str] = []
+    execute = qmp.QMPSession.execute
+
+    def recording(self, command, arguments=None, **kwargs):
+        sent.append(command)
+        return execute(self, command, arguments, **kwargs)
+    monkeypatch.setattr(qmp.QMPSession, "execute", recording)
+    return sent
+
+
+def test_header_names_match_qemu_img(tmp_path):
+    image = make_images(str(tmp_path), 1)[0]
+    names = ["a", "bb", "0123456789abcdef", "x" * 200, "é-ü"] + [f"n{i}" for i in range(60)]
+    for name in names:
+        subprocess.run(["qemu-img", "snapshot", "-c", name, image], check=True)
+    subprocess.run(["qemu-img", "snapshot", "-d", "bb", image], check=True)
+    assert snapshot_names(image) == _qemu_img_tags(image)
+    assert "bb" not in snapshot_names(image) and "x" * 200 in snapshot_names(image)
+
+
+def test_header_refuses_what_is_not_qcow2(tmp_path):
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 4096)
+    image = make_images(str(tmp_path), 1)[0]
+    subprocess.run(["qemu-img", "snapshot", "-c", "tag", image], check=True)
+    with open(image, "rb") as handle:
+        head = handle.read(72)
+    cut = tmp_path / "cut.qcow2"
+    cut.write_bytes(head)  # the header points at a table that is not there
+    assert snapshot_names(str(raw)) is None
+    assert snapshot_names(str(cut)) is None
+    assert snapshot_names(str(tmp_path / "missing.qcow2")) is None
+
+
+def test_vm_devices_are_enough(api, tmp_path, commands):
+    images = make_images(str(tmp_path), 2)
+    vm = start_vm(str(tmp_path), images)
+    try:
+        api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=vm.qmp_socket)
+        first = api.create("vm", "a")
+        assert "query-block" in commands and "query-named-block-nodes" not in commands
+        del commands[:]
+        second = api.create("vm", "b")
+        assert commands == ["transaction"]  # remembered nodes, checked in the images
+        for image in images:
+            tags = snapshot_names(image)
+            assert first.snapshot_id in tags and second.snapshot_id in tags
+    finally:
+        vm.kill()
+
+
+def _rename(daemon, images: list[str], moves: dict[str, tuple[str, str]]) -> None:
+    """Drop every export and node, then open ``moves[node] = (image, file_node)``."""
+    with qmp.QMPSession(daemon.qmp_socket) as session:
+        for index in range(len(images)):
+            session.execute("block-export-del", {"id": f"export{index}"})
+        for index in range(len(images)):
+            session.execute("blockdev-del", {"node-name": f"disk{index}"})
+            session.execute("blockdev-del", {"node-name": f"file{index}"})
+        for node, (image, file_node) in moves.items():
+            session.execute("blockdev-add", {"driver": "file", "filename": image,
+                                             "node-name": file_node})
+            session.execute("blockdev-add", {"driver": "qcow2", "file": file_node,
+                                             "node-name": node})
+
+
+def test_node_name_moved_to_another_image(api, tmp_path, commands):
+    images = make_images(str(tmp_path), 2)
+    daemon = start_daemon(str(tmp_path), images)
+    try:
+        api.create_group("g", [f"qcow2:{images[0]}"], qmp_socket=daemon.qmp_socket)
+        api.create("g", "before")  # remembers disk0 for images[0]
+        # disk0 now names the image outside the group; the group's image is "moved"
+        _rename(daemon, images, {"disk0": (images[1], "fileb"), "moved": (images[0], "filea")})
+        del commands[:]
+        snap = api.create("g", "after")
+        # the first transaction went to the wrong image and was taken back
+        assert commands.count("transaction") == 2
+        assert "blockdev-snapshot-delete-internal-sync" in commands
+        assert snap.snapshot_id in snapshot_names(images[0])
+        assert snapshot_names(images[1]) == []
+        assert api.check("g").clean
+    finally:
+        daemon.kill()
+
+
+def test_remembered_node_gone(api, tmp_path, commands):
+    images = make_images(str(tmp_path), 1)
+    daemon = start_daemon(str(tmp_path), images)
+    try:
+        api.create_group("g", [f"qcow2:{images[0]}"], qmp_socket=daemon.qmp_socket)
+        api.create("g", "before")
+        _rename(daemon, images, {"renamed": (images[0], "filea")})
+        del commands[:]
+        snap = api.create("g", "after")
+        # QEMU refused the whole first transaction: nothing to take back
+        assert commands.count("transaction") == 2
+        assert "blockdev-snapshot-delete-internal-sync" not in commands
+        assert snap.snapshot_id in snapshot_names(images[0])
+        api.delete("g", "after")
+        assert snap.snapshot_id not in snapshot_names(images[0])
+    finally:
+        daemon.kill()
+
+
+def test_restarted_qemu_is_asked_again(api, tmp_path, commands):
+    images = make_images(str(tmp_path), 1)
+    daemon = start_daemon(str(tmp_path), images)
+    try:
+        api.create_group("g", [f"qcow2:{images[0]}"], qmp_socket=daemon.qmp_socket)
+        api.create("g", "a")
+    finally:
+        daemon.quit()  # it removes its sockets
+    daemon = start_daemon(str(tmp_path), images)  # same socket path, another process
+    try:
+        del commands[:]
+        api.create("g", "b")
+        assert commands.count("transaction") == 1
+        assert commands[0] in ("query-block", "query-named-block-nodes")
+    finally:
+        daemon.kill()
