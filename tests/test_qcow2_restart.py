@@ -345,3 +345,89 @@ def test_start_needs_a_way_to_start_the_vm(machines, tmp_path):
     assert run_cli(["group", "create", "plain", f"qcow2:{image}"], m.state).returncode == 0
     result = run_cli(["start", "plain"], m.state)
     assert result.returncode == 2 and "no QMP socket" in result.stderr
+
+
+def _branchy(m: Machine) -> None:
+    """s1, s2, back to s1, s3, back to s2: s1's overlay now runs under the VM while its
+    base also carries the branch of s3."""
+    with m.api() as api:
+        m.write(0xB1)
+        api.create("vm", "s1")
+        m.write(0xB2)
+        api.create("vm", "s2")
+        api.revert("vm", "s1")
+        m.write(0xB3)
+        api.create("vm", "s3")
+        api.revert("vm", "s2")
+
+
+def test_delete_a_shared_base_while_running_saves_and_restarts_the_vm(machines):
+    m = machines(mode="external")
+    _branchy(m)
+    m.mark_ram(b"still-the-same-guest" * 4)
+    pid = m.vm.pid
+    with m.api() as api:
+        assert api.delete("vm", "s1") == ["s1"]
+        assert [s.name for s in api.list("vm")] == ["s2", "s3"]
+        assert api.check("vm").clean
+    assert m.vm.pid != pid, "a new QEMU took over"
+    assert m.status() == "running"
+    assert m.ram_mark(20 * 4) == b"still-the-same-guest" * 4, "the guest's memory carried over"
+    m.flush_and_check(0xB2)
+    assert not os.path.exists(restart_marker(m.images[0]))
+    assert not [n for n in os.listdir(os.path.dirname(restart_marker(m.images[0])))
+                if n.endswith(".memory")]
+    with m.api() as api:
+        api.revert("vm", "s3")
+    m.flush_and_check(0xB3)
+
+
+def test_delete_a_shared_base_without_a_recipe_is_refused_up_front(machines):
+    m = machines(mode="external", recipe=False)
+    # without a recipe the reverts of _branchy need QEMU down: do them offline
+    with m.api() as api:
+        m.write(0xC1)
+        api.create("vm", "s1")
+        m.write(0xC2)
+        api.create("vm", "s2")
+    m.vm.kill()
+    with m.api() as api:
+        api.revert("vm", "s1")
+    m.vm = RecipeVM(m.recipe, m.images, m.socket)
+    m.write(0xC3)
+    with m.api() as api:
+        api.create("vm", "s3")
+    m.vm.kill()
+    with m.api() as api:
+        api.revert("vm", "s2")
+    m.vm = RecipeVM(m.recipe, m.images, m.socket)
+    pid = m.vm.pid
+    result = run_cli(["delete", "vm", "s1"], m.state)
+    assert result.returncode == 7, result.stderr
+    assert "qemu.launch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with m.api() as api:
+        assert [(s.name, s.state.value) for s in api.list("vm")] == \
+            [("s1", "complete"), ("s2", "complete"), ("s3", "complete")]
+        assert api.check("vm").clean
+    assert m.vm.pid == pid and m.status() == "running"
+    m.flush_and_check(0xC2)
+
+
+def test_killed_while_the_vm_is_down_recover_brings_it_back_with_its_memory(machines):
+    m = machines(mode="external")
+    _branchy(m)
+    m.mark_ram(b"survives-a-kill" * 4)
+    result = run_cli(["delete", "vm", "s1"], m.state, env={"SNAPTREE_KILL_AT_LABEL": "qcow2:vm-down"})
+    assert result.returncode == -9, result.stderr
+    assert m.vm.pid is None, "killed with QEMU down"
+    recovered = run_cli(["--json", "recover"], m.state)
+    assert recovered.returncode == 0, recovered.stderr
+    actions = " ".join(json.loads(recovered.stdout)["actions"])
+    assert "memory loaded back" in actions and "finished deleting" in actions
+    assert m.status() == "running"
+    assert m.ram_mark(15 * 4) == b"survives-a-kill" * 4
+    m.flush_and_check(0xB2)
+    with m.api() as api:
+        assert [s.name for s in api.list("vm")] == ["s2", "s3"]
+        assert api.check("vm").clean
+    assert not os.path.exists(restart_marker(m.images[0]))

@@ -16,6 +16,7 @@ from snaptree import (
     BackendInfo,
     Capabilities,
     Group,
+    MemberSnapshot,
     MemoryState,
     OpContext,
     SpaceUsage,
@@ -24,13 +25,14 @@ from snaptree import (
     hookimpl,
 )
 from snaptree.errors import BackendError, InvalidInput, NotSupported, VolumeNotFound
-from snaptree import vm
+from snaptree import faults, vm
 from snaptree.names import check_abs_path
 
 from . import launch, memory, restart
-from .layout import PARTIAL, active_image, memory_path, pause_marker, set_active, snapshot_dir
-from .live import LiveOps
-from .offline import OfflineOps, internal_member
+from .layout import (PARTIAL, active_image, memory_path, overlay_path, pause_marker, set_active,
+                     snapshot_dir)
+from .live import LiveOps, block_nodes
+from .offline import Chain, OfflineOps, internal_member
 from .qemuimg import QemuImg
 from .qmp import reachable
 
@@ -94,6 +96,15 @@ class Qcow2Backend(VolumeBackend):
             return
         if operation == "revert":
             self._check_revert(ctx, ctx.scratch.get("members", []))
+        if operation == "delete":
+            blocked = self._needs_vm_down(ctx, ctx.scratch.get("members", []))
+            if blocked and self._startable(ctx) is None:
+                raise NotSupported(
+                    f"qcow2: QEMU at {ctx.group.qmp_socket} runs on {blocked[0].locator} and cannot "
+                    f"delete {ctx.snapshot_name!r} in place (its image is shared with other "
+                    f"branches, or lies below the running disk); give the group a launch recipe "
+                    f"(-o {launch.OPTION}=FILE) so snaptree can save and restart the VM around "
+                    "it, or shut QEMU down and delete offline")
 
     def _revert_plan(self, ctx: OpContext, members) -> str:
         """How a revert goes: ``load`` (``snapshot-load`` in the running QEMU),
@@ -191,6 +202,33 @@ class Qcow2Backend(VolumeBackend):
             return snapshot.memory.ref
         return None
 
+    def _with_vm_saved(self, ctx: OpContext, work) -> None:
+        """Run ``work`` with the group's QEMU gone, the guest's state kept in a file.
+
+        ``stop``, ``migrate`` memory and device state to a file, ``quit``;
+        after ``work`` (also when it fails) a new QEMU loads the file and the
+        guest runs on as if it had only been paused.
+        """
+        group = ctx.group
+        images = [v.locator for v in self._qcow2_volumes(group)]
+        saved = restart.saved_state_path(images[0])
+        with self._vm(group).session() as session:
+            was_running = memory.pause(session)
+            restart.mark_restart(images, group.qmp_socket, group.options.get(launch.OPTION),
+                                 running=was_running, memory_file=saved)
+            memory.migrate_to_file(session, saved, ctx.progress)
+            launch.shut_down(session, group.qmp_socket)
+        faults.checkpoint("qcow2:vm-down")
+        try:
+            work()
+        finally:
+            self._start(ctx, memory_file=saved)
+            with self._vm(group).session() as session:
+                if was_running:
+                    memory.resume(session)
+            restart.clear_restart(images[0])
+            memory.discard(saved)
+
     def _shut_down(self, ctx: OpContext) -> None:
         """Quit the group's QEMU, leaving a note so ``recover`` can start it again."""
         group = ctx.group
@@ -202,6 +240,7 @@ class Qcow2Backend(VolumeBackend):
             restart.mark_restart(images, group.qmp_socket, group.options.get(launch.OPTION),
                                  running=ctx.scratch["qcow2.was_running"])
             launch.shut_down(session, group.qmp_socket)
+        faults.checkpoint("qcow2:vm-down")
 
     def _start(self, ctx: OpContext, *, memory_file: str | None) -> None:
         """Start the group's VM paused on its current images; load ``memory_file`` if given."""
@@ -225,7 +264,37 @@ class Qcow2Backend(VolumeBackend):
                 memory.resume(session)
         restart.clear_restart(first)
 
+    def _needs_vm_down(self, ctx: OpContext, members) -> list[MemberSnapshot]:
+        """Members a running QEMU cannot delete: an external snapshot whose base
+        image other branches share (``block-commit`` would change them too) or
+        an internal one inside a read-only image below the running disk."""
+        live = self._live(ctx.group)
+        if live is None:
+            return []
+        with live.session() as session:
+            nodes = block_nodes(session)
+        out = []
+        for member in members:
+            chain = Chain(self.qemu_img, member.locator)
+            if member.data.get("mode") == "internal":
+                holders = [p for p, tags in chain.tags.items()
+                           if member.ref in [t["name"] for t in tags]]
+                if any(p in nodes and p != active_image(member.locator) for p in holders):
+                    out.append(member)
+                continue
+            overlay = overlay_path(member.locator, member.snapshot_id)
+            frozen = chain.backing.get(overlay)
+            if overlay in nodes and frozen is not None and chain.children(frozen) != [overlay]:
+                out.append(member)
+        return out
+
     def delete(self, members, ctx):
+        if self._needs_vm_down(ctx, members):
+            # QEMU keeps running from the guest's point of view: its memory
+            # goes to a file, QEMU quits, qemu-img does the work, and a new
+            # QEMU loads the memory back
+            self._with_vm_saved(ctx, lambda: [self.offline.delete(m) for m in members])
+            return
         live = self._live(ctx.group)
         for member in members:
             if live is not None:

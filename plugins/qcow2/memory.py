@@ -25,7 +25,7 @@ from snaptree.errors import BackendError
 from .layout import read_note
 from .qmp import QMPSession, reachable
 
-__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file", "load_file",
+__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file", "load_file", "discard",
            "mark_paused", "clear_paused", "resume_abandoned"]
 
 _FD_NAME = "snaptree-memory"
@@ -180,6 +180,11 @@ def load_file(session: QMPSession, path: str, progress: Callable[..., None],
             raise BackendError(f"qcow2: loading memory from {path} timed out")
         progress(0, total, "load memory")
         time.sleep(0.02)
+
+
+def discard(path: str) -> None:
+    """Remove a memory file that served its purpose (gone already is fine)."""
+    _unlink(path)
 
 
 def _unlink(path: str) -> None:

@@ -17,20 +17,30 @@ from snaptree.errors import BackendError, SnaptreeError
 from snaptree.runner import CommandRunner
 
 from .launch import Recipe
-from .layout import PARTIAL, restart_marker
+from . import memory
+from .layout import PARTIAL, restart_marker, snapshot_dir
 from .qmp import QMPSession, reachable
 
-__all__ = ["mark_restart", "read_restart", "clear_restart", "finish_abandoned_restart"]
+__all__ = ["mark_restart", "read_restart", "clear_restart", "finish_abandoned_restart",
+           "saved_state_path"]
+
+
+def saved_state_path(first_image: str) -> str:
+    """Where the guest's state waits while QEMU is down for a delete."""
+    return os.path.join(snapshot_dir(first_image), "restart.memory")
 
 
 def mark_restart(images: Sequence[str], qmp_socket: str, recipe: str | None,
-                 running: bool) -> None:
+                 running: bool, memory_file: str | None = None) -> None:
     """Record that the VM at ``qmp_socket`` (disks ``images``) is about to be shut down.
 
     :param running: whether its guest ran, so it runs again once restarted.
+    :param memory_file: where its state is being saved, to be loaded by the
+        next QEMU (a restart the guest must not notice).
     """
     marker = restart_marker(images[0])
-    note = {"socket": qmp_socket, "recipe": recipe, "images": list(images), "running": running}
+    note = {"socket": qmp_socket, "recipe": recipe, "images": list(images), "running": running,
+            "memory": memory_file}
     try:
         os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
         with open(marker + PARTIAL, "w", encoding="utf-8") as handle:
@@ -82,16 +92,29 @@ def finish_abandoned_restart(first_image: str, runner: CommandRunner) -> str | N
             clear_restart(first_image)
             return (f"the VM at {socket_path} was shut down by an interrupted revert and no "
                     "launch recipe is known: start it again")
+        saved = note.get("memory")
+        if saved and not os.path.exists(saved):
+            saved = None  # QEMU never finished saving: the guest boots afresh
         try:
-            Recipe.load(recipe_path, images, socket_path).start(runner, socket_path, incoming=False)
+            Recipe.load(recipe_path, images, socket_path).start(runner, socket_path,
+                                                                incoming=saved is not None)
+            if saved is not None:
+                with QMPSession(socket_path) as session:
+                    memory.load_file(session, saved, lambda *a: None)
         except SnaptreeError as err:
-            raise BackendError(f"qcow2: cannot start the VM an interrupted revert shut down: "
+            raise BackendError(f"qcow2: cannot start the VM an interrupted operation shut down: "
                                f"{err.one_line()}") from err
-        done = f"started the VM at {socket_path} again, shut down by an interrupted revert"
+        done = (f"started the VM at {socket_path} again, shut down by an interrupted operation"
+                + (" (its memory loaded back)" if saved else ""))
     with QMPSession(socket_path) as session:
         status = session.execute("query-status").get("status")
         if status in _RESUMABLE and note.get("running", True):
             session.execute("cont")
             done = done or f"resumed the VM at {socket_path}, left paused by an interrupted revert"
     clear_restart(first_image)
+    if note.get("memory"):
+        try:
+            os.unlink(note["memory"])
+        except FileNotFoundError:
+            pass
     return done
