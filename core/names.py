@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path", "beside"]
+__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path", "beside",
+           "entries_beside", "remove_if_empty"]
 
 MAX_NAME_LENGTH = 64
 
@@ -84,3 +86,30 @@ def beside(path: str, suffix: str) -> str:
     """
     directory, base = os.path.split(path)
     return os.path.join(directory, f".{base}{suffix}")
+
+
+def entries_beside(folder: str, pattern: re.Pattern[str]) -> list[tuple[str, re.Match[str]]]:
+    """``(path, match)`` for each name in ``folder`` that ``pattern`` matches, sorted.
+
+    A folder :func:`beside` a volume exists only while it holds something,
+    so a missing one has no entries.  Other ``OSError`` go to the caller,
+    which maps them to its backend's errors.
+    """
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = pattern.match(name)
+        if match:
+            found.append((os.path.join(folder, name), match))
+    return found
+
+
+def remove_if_empty(folder: str) -> None:
+    """Remove ``folder`` when nothing is left in it (else, or if gone, do nothing)."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass

@@ -25,7 +25,7 @@ from snaptree.errors import (
     SnaptreeError,
     VolumeNotFound,
 )
-from snaptree.names import beside, check_abs_path
+from snaptree.names import beside, check_abs_path, entries_beside, remove_if_empty
 
 from . import ioctl
 from .ioctl import map_oserror
@@ -215,24 +215,17 @@ class BtrfsBackend(VolumeBackend):
                 pass  # already gone: deletes are retried after a crash
             except OSError as err:
                 raise map_oserror(err, f"deleting snapshot {member.ref}") from err
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass  # other snapshots remain, or already gone
+            remove_if_empty(folder)  # unless other snapshots remain
 
     def list(self, volume):
         folder = snapshot_dir(volume.locator)
         try:
-            names = sorted(os.listdir(folder))
-        except FileNotFoundError:
-            return []
+            entries = entries_beside(folder, _MEMBER_NAME)
         except OSError as err:
             raise map_oserror(err, f"listing {folder}") from err
         found = []
-        for name in names:
-            path = os.path.join(folder, name)
-            if not _MEMBER_NAME.match(name):
-                continue
+        for path, _ in entries:
+            name = os.path.basename(path)
             try:
                 if not ioctl.is_subvolume(os.lstat(path)):
                     continue

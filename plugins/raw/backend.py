@@ -14,7 +14,7 @@ import stat
 
 from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volume, VolumeBackend
 from snaptree.errors import InvalidInput, NotFound, VolumeNotFound
-from snaptree.names import beside, check_abs_path
+from snaptree.names import beside, check_abs_path, entries_beside, remove_if_empty
 
 from .clone import clone_file, fsync_dir, map_oserror
 
@@ -116,29 +116,17 @@ class RawBackend(VolumeBackend):
                     pass
                 except OSError as err:
                     raise map_oserror(err, f"deleting {path}") from err
-            folder = os.path.dirname(member.ref)
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass  # not empty, or gone
+            remove_if_empty(os.path.dirname(member.ref))
 
     def list(self, volume):
         folder = snapshot_dir(volume.locator)
         try:
-            names = sorted(os.listdir(folder))
-        except FileNotFoundError:
-            return []
+            entries = entries_beside(folder, _MEMBER_FILE)
+            return [MemberSnapshot(backend="raw", locator=volume.locator, snapshot_id=match[1],
+                                   ref=path, size_bytes=os.stat(path).st_size)
+                    for path, match in entries]
         except OSError as err:
             raise map_oserror(err, f"listing {folder}") from err
-        out = []
-        for name in names:
-            match = _MEMBER_FILE.match(name)
-            if not match:
-                continue
-            path = os.path.join(folder, name)
-            out.append(MemberSnapshot(backend="raw", locator=volume.locator, snapshot_id=match[1],
-                                      ref=path, size_bytes=os.stat(path).st_size))
-        return out
 
     def space_used(self, member):
         try:
