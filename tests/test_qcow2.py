@@ -26,29 +26,18 @@ def _handle(path: str, tmp_dir: str, mode: str) -> VolumeHandle:
         group_options={"qcow2.mode": mode})
 
 
-class TestQcow2InternalContract(BackendContract):
-    @pytest.fixture
-    def make_volume(self, tmp_path):
+class TestQcow2Contract(BackendContract):
+    """The kit, once per mode: tags inside the image, and overlays."""
+
+    @pytest.fixture(params=["internal", "external"])
+    def make_volume(self, request, tmp_path):
         counter = itertools.count()
 
         def factory() -> VolumeHandle:
             folder = tmp_path / f"v{next(counter)}"
             folder.mkdir()
             [path] = make_images(str(folder), 1)
-            return _handle(path, str(tmp_path), "internal")
-        return factory
-
-
-class TestQcow2ExternalContract(BackendContract):
-    @pytest.fixture
-    def make_volume(self, tmp_path):
-        counter = itertools.count()
-
-        def factory() -> VolumeHandle:
-            folder = tmp_path / f"v{next(counter)}"
-            folder.mkdir()
-            [path] = make_images(str(folder), 1)
-            return _handle(path, str(tmp_path), "external")
+            return _handle(path, str(tmp_path), request.param)
         return factory
 
 
