@@ -110,14 +110,18 @@ class LiveOps:
 
     def _find(self, session: QMPSession, actives: Sequence[str]) -> list[str | None]:
         key = (self.socket_path, session.peer_pid or 0)
-        found: list[str | None] = [None]
+        found: list[str | None] | None = None
         if key not in _without_devices:
             found = _match(_device_nodes(session), actives)
-            if None in found:
+            if None in found:  # not (all) on guest devices: a storage daemon, exports
                 _without_devices.add(key)
-        if None in found:
+                found = None
+        if found is None:
             found = _match(block_nodes(session), actives)
         if key[1]:
+            if key not in _remembered:  # a QEMU that went away leaves nothing true behind
+                for old in [k for k in _remembered if k[0] == self.socket_path]:
+                    del _remembered[old]
             known = _remembered.setdefault(key, {})
             known.update((a, n) for a, n in zip(actives, found) if n is not None)
         return found
@@ -200,8 +204,9 @@ class LiveOps:
                 left.append(f"{node}: {err}")
         if left:
             raise BackendError(
-                f"qcow2: QEMU at {self.socket_path} renamed its block nodes during the snapshot "
-                f"and tag {snapshot_id} could not be removed from: {'; '.join(left)}")
+                f"qcow2: QEMU at {self.socket_path} gave its block nodes to other images since "
+                f"snaptree last looked, and tag {snapshot_id} could not be removed from: "
+                f"{'; '.join(left)}")
         return None
 
     def _remove_unused_overlays(self, session: QMPSession, members: Sequence[MemberSnapshot]) -> None:
