@@ -12,6 +12,10 @@ result, and the operation can be retried.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import traceback
 from typing import Callable
 
 import attrs
@@ -19,7 +23,10 @@ import attrs
 from snaptree import Snaptree
 from snaptree.testing import VolumeHandle, run_cli
 
-__all__ = ["CrashScene", "walk_kill_points", "KillPointStats"]
+__all__ = ["CrashScene", "walk_kill_points", "KillPointStats", "fork_cli"]
+
+#: ``cli(args, state_dir, env) -> CompletedProcess``: how the walk runs ``snaptree``.
+CliRunner = Callable[..., subprocess.CompletedProcess]
 
 
 @attrs.define
@@ -74,8 +81,53 @@ OPERATIONS = {
 }
 
 
-def count_checkpoints(state_dir: str, args: list[str], log_path: str) -> int:
-    result = run_cli(args, state_dir, env={"SNAPTREE_CHECKPOINT_LOG": log_path})
+def fork_cli(args: list[str], state_dir: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
+    """Run the CLI in a forked child of this process and wait for it.
+
+    The child is a real process that SIGKILL ends just as it ends a fresh
+    ``python -m snaptree``, but it starts with every module already
+    imported: under an emulated CPU (the virtme-ng guest) a fresh
+    interpreter spends about ten seconds importing before the first step.
+    """
+    from snaptree import cli, faults
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never return into the caller
+            code = 70
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the child exits below
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                os.environ.update(env or {})
+                faults.reset()  # checkpoints count from 1 in every run, as in a new process
+                code = cli.main(["--state-dir", state_dir, *args])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode("utf-8", "replace"))
+    argv = ["snaptree (forked)", "--state-dir", state_dir, *args]
+    return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(status), *texts)
+
+
+def count_checkpoints(state_dir: str, args: list[str], log_path: str,
+                      cli: CliRunner = run_cli) -> int:
+    result = cli(args, state_dir, env={"SNAPTREE_CHECKPOINT_LOG": log_path})
     assert result.returncode == 0, result.stderr
     with open(log_path, encoding="utf-8") as log:
         return sum(1 for _ in log)
@@ -86,12 +138,17 @@ def walk_kill_points(backend: str, operation: str, workdir: str,
                      cleanup: Callable[[str], None] = lambda d: None, *,
                      memory: bool = False,
                      extra_checks: Callable[[CrashScene], list[str]] | None = None,
+                     build_scene: Callable[[str], CrashScene] | None = None,
+                     cli: CliRunner = run_cli,
                      ) -> KillPointStats:
     """Try every kill point of ``operation``; return how many were survived.
 
     ``memory`` takes every snapshot of the scene (and the one ``create``
     makes) with VM memory; ``extra_checks`` returns more problems to report
-    for a scene after ``recover`` (e.g. a VM left paused).
+    for a scene after ``recover`` (e.g. a VM left paused).  ``build_scene``
+    replaces :meth:`CrashScene.build` for a backend that can restore a saved
+    scene faster than it can build one (it gets a fresh directory per kill
+    point); ``cli`` replaces :func:`run_cli` (e.g. :func:`fork_cli`).
     """
     args, done_key, done_names = OPERATIONS[operation]
     if memory and operation == "create":
@@ -101,17 +158,20 @@ def walk_kill_points(backend: str, operation: str, workdir: str,
     def scene(tag: str) -> CrashScene:
         base = os.path.join(workdir, tag)
         os.makedirs(base)
+        if build_scene is not None:
+            return build_scene(base)
         return CrashScene.build(os.path.join(base, "state"), lambda: make_volumes(base),
                                 memory=memory)
 
     dry = scene("dry")
-    total = count_checkpoints(dry.state_dir, args, os.path.join(workdir, "dry", "checkpoints.log"))
+    total = count_checkpoints(dry.state_dir, args, os.path.join(workdir, "dry", "checkpoints.log"),
+                              cli)
     cleanup(os.path.join(workdir, "dry"))
     for kill_at in range(1, total + 1):
         stats.tried += 1
         s = scene(f"kill{kill_at}")
         before = s.now()
-        result = run_cli(args, s.state_dir, env={"SNAPTREE_KILL_AT": str(kill_at)})
+        result = cli(args, s.state_dir, env={"SNAPTREE_KILL_AT": str(kill_at)})
         problems = []
         if result.returncode != -9:
             problems.append(f"expected SIGKILL, got exit {result.returncode}: {result.stderr.strip()}")
@@ -139,7 +199,7 @@ def walk_kill_points(backend: str, operation: str, workdir: str,
                 problems.append("data is neither as before nor as the completed result")
             # the operation can be retried (or has completed)
             if not completed:
-                retry = run_cli(args, s.state_dir)
+                retry = cli(args, s.state_dir)
                 if retry.returncode != 0:
                     problems.append(f"retry failed: {retry.stderr.strip()}")
                 elif [x.name for x in api.list("vm")] != done_names or s.now() != s.digests[done_key]:

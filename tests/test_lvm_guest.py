@@ -9,11 +9,13 @@ failed.
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from crash_harness import KillPointStats
 from guest.vng import find_kernel, find_vng, host_has_devmapper, run_pytest_in_guest
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow, pytest.mark.root]
@@ -24,6 +26,9 @@ INNER_ARGS = ["-m", "devmapper and not guest", "-p", "no:cacheprovider", "-q", "
               "-o", "addopts=--strict-markers -ra", "tests"]
 #: Fewer tests than this means the guest did not really run the suite.
 MIN_TESTS = 20
+#: The suite takes about 10 minutes under TCG, the LVM crash walks (tests/test_crash_lvm.py)
+#: about 6 more; twice that leaves room for a busy machine.
+GUEST_TIMEOUT = 2400.0
 
 
 def _junit_counts(path: str) -> dict[str, int]:
@@ -33,14 +38,28 @@ def _junit_counts(path: str) -> dict[str, int]:
     return {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
 
 
-def test_devmapper_suite_in_guest(tmp_path, guest_results):
+def _crash_stats(path: str) -> list[KillPointStats]:
+    """The kill-point totals the crash walks inside wrote (none if they did not run)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [KillPointStats(**run) for run in json.load(f)]
+    except FileNotFoundError:
+        return []
+
+
+def test_devmapper_suite_in_guest(tmp_path, guest_results, crash_totals):
     if host_has_devmapper():
         pytest.skip("this kernel has device-mapper: the devmapper tests run directly")
     if find_vng() is None or find_kernel() is None:
         pytest.skip("needs virtme-ng (vng) and a kernel image under /boot")
     if os.geteuid() != 0:
         pytest.skip("needs root to read the kernel image and make loop devices in the guest")
-    result = run_pytest_in_guest(INNER_ARGS, str(tmp_path / "guest"), repo=REPO)
+    out_dir = str(tmp_path / "guest")
+    totals_path = os.path.join(out_dir, "crash_totals.json")
+    result = run_pytest_in_guest(INNER_ARGS, out_dir, repo=REPO, timeout=GUEST_TIMEOUT,
+                                 env={"SNAPTREE_CRASH_TOTALS": totals_path})
+    # the walks that finished count in the host's summary even when something else failed
+    crash_totals.extend(_crash_stats(totals_path))
     output = result.output
     if len(output) > 40000:  # the first failure and the summary matter most
         output = output[:20000] + "\n[... cut ...]\n" + output[-20000:]
