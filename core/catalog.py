@@ -230,12 +230,11 @@ class Catalog:
              snap.state.value, None, json.dumps(dict(snap.options))))
 
     def add_members(self, members, db) -> None:
-        for m in members:
-            db.execute(
-                "INSERT OR REPLACE INTO members (snapshot_id, spec, backend, locator, ref, size_bytes,"
-                " valid, data) VALUES (?,?,?,?,?,?,?,?)",
-                (m.snapshot_id, Volume(m.backend, m.locator).spec, m.backend, m.locator, m.ref,
-                 m.size_bytes, int(m.valid), json.dumps(dict(m.data))))
+        db.executemany(
+            "INSERT OR REPLACE INTO members (snapshot_id, spec, backend, locator, ref, size_bytes,"
+            " valid, data) VALUES (?,?,?,?,?,?,?,?)",
+            [(m.snapshot_id, Volume(m.backend, m.locator).spec, m.backend, m.locator, m.ref,
+              m.size_bytes, int(m.valid), json.dumps(dict(m.data))) for m in members])
 
     def set_memory(self, snapshot_id: str, memory: MemoryState | None, db) -> None:
         value = None if memory is None else json.dumps(

@@ -18,7 +18,7 @@ __all__ = ["snapshot_names"]
 _MAGIC = b"QFI\xfb"
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset: 72 bytes
 _ENTRY = struct.Struct(">QIHHIIQII")         # fixed part of a table entry: 40 bytes
-_CHUNK = 65536
+_CHUNK = 4096  # a table of a few dozen snapshots
 
 
 def snapshot_names(path: str) -> list[str] | None:
