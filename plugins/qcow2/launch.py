@@ -147,7 +147,7 @@ def shut_down(session, socket_path: str, timeout: float = 60.0) -> None:
     QEMU flushes and unlocks its images as it exits; only then may
     ``qemu-img`` touch them.  The wait is on a pidfd, not a sleep loop.
     """
-    pid = peer_pid(socket_path)
+    pid = session.peer_pid
     pidfd = None
     if pid is not None:
         try:

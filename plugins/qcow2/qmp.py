@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
+from snaptree.vm import answers
 from snaptree.errors import BackendError, QMPFailed
 
 __all__ = ["QMPSession", "fail_on_command", "reachable"]
@@ -49,17 +50,7 @@ def fail_on_command(command: str, error: BaseException | None = None) -> None:
 
 def reachable(path: str | None) -> bool:
     """True when a QMP server listens on the unix socket ``path``."""
-    if not path or not os.path.exists(path):
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+    return bool(path) and os.path.exists(path) and answers(path)
 
 
 class _QuietClient(QMPClient):
