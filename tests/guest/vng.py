@@ -29,7 +29,7 @@ __all__ = ["host_has_devmapper", "find_kernel", "find_vng", "GuestResult", "run_
 GUEST_MODULES = ("dm-mod", "dm-snapshot", "dm-thin-pool", "loop")
 #: LVM settings for the throwaway guest (see :class:`snaptree_lvm.lvmcmd.LvmCommands`).
 GUEST_LVM_CONFIG = ('devices{global_filter=["a|^/dev/loop|","r|.*|"] scan_lvs=0} '
-                    'backup{backup=0 archive=0} activation{monitoring=0}')
+                    'backup{backup=0 archive=0}')
 
 
 def find_kernel() -> str | None:
@@ -75,9 +75,8 @@ export SNAPTREE_IN_GUEST=1 LVM_SUPPRESS_FD_WARNINGS=1
 # virtme-ng starts a udevd, but syncing with it costs seconds per LVM command under TCG;
 # the no-udev path (libdevmapper makes the nodes) is the one the guest tests exercise
 export SNAPTREE_LVM_UDEV=0
-# only the tests' loop devices hold PVs; skipping the rest, the metadata archive and
-# dmeventd monitoring (nothing here waits for an autoextend) saves a good part of
-# every LVM command under TCG
+# only the tests' loop devices hold PVs; skipping the rest and the metadata archive
+# saves a good part of every LVM command under TCG
 export SNAPTREE_LVM_CONFIG={q(GUEST_LVM_CONFIG)}
 {exports}mkdir -p "$HOME"
 cd {q(repo)} || exit 97
