@@ -27,7 +27,7 @@ INNER_ARGS = ["-m", "devmapper and not guest", "-p", "no:cacheprovider", "-q", "
 #: Fewer tests than this means the guest did not really run the suite.
 MIN_TESTS = 20
 #: The suite takes about 10 minutes under TCG and the LVM crash walks (tests/test_crash_lvm.py)
-#: about 9 more on a quiet machine; a busy one has needed twice that.
+#: 4-9 more (the three walks run at once); a busy machine has needed twice that.
 GUEST_TIMEOUT = 3000.0
 
 
