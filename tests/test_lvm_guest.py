@@ -59,7 +59,7 @@ def test_devmapper_suite_in_guest(tmp_path, guest_results, crash_totals):
     result = run_pytest_in_guest(INNER_ARGS, out_dir, repo=REPO, timeout=GUEST_TIMEOUT,
                                  env={"SNAPTREE_CRASH_TOTALS": totals_path,
                                       "SNAPTREE_CRASH_LVM_THICK":
-                                          os.environ.get("SNAPTREE_CRASH_LVM_THICK", "0")})
+                                          os.environ.get("SNAPTREE_CRASH_LVM_THICK", "1")})
     # the walks that finished count in the host's summary even when something else failed
     crash_totals.extend(_crash_stats(totals_path))
     output = result.output
