@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
-from qemu_fixtures import RecipeVM, make_images, qemu_io, write_recipe
+from qemu_fixtures import RecipeVM, kvm_usable, make_images, qemu_io, write_recipe
 from snaptree import Snaptree, hookimpl
 from snaptree.errors import InvalidInput, NotSupported
 from snaptree.testing import run_cli
@@ -431,3 +432,27 @@ def test_killed_while_the_vm_is_down_recover_brings_it_back_with_its_memory(mach
         assert [s.name for s in api.list("vm")] == ["s2", "s3"]
         assert api.check("vm").clean
     assert not os.path.exists(restart_marker(m.images[0]))
+
+
+@pytest.mark.skipif(not kvm_usable(), reason="needs KVM: garbage in guest RAM stops a KVM guest "
+                                              "with an internal error")
+def test_a_guest_saved_crashed_comes_back_crashed_with_a_warning(machines):
+    """QEMU refuses ``cont`` for a guest in internal-error; the revert still completes."""
+    m = machines(mode="internal")
+    m.write(0xD1)
+    with open(m.ram, "r+b") as handle:
+        handle.write(os.urandom(64 * MIB))  # the firmware's code too: the vCPU fails
+    deadline = time.monotonic() + 30
+    while m.status() != "internal-error" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.status() == "internal-error"
+    with m.api() as api:
+        api.create("vm", "crashed", memory=True)
+    m.write(0xD2)
+    result = run_cli(["revert", "vm", "crashed"], m.state)
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr and "internal-error" in result.stderr and "reset" in result.stderr
+    assert m.status() == "internal-error"
+    with m.api() as api:
+        assert api.current("vm").name == "crashed"
+    m.flush_and_check(0xD1)

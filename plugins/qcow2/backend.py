@@ -182,7 +182,8 @@ class Qcow2Backend(VolumeBackend):
             live = self._vm(ctx.group)
             with live.session() as session:
                 nodes = live.top_nodes(session, [m.volume for m in members])
-                memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
+                self._warn_stuck(ctx, memory.load_internal(session, snapshot.memory.ref, nodes,
+                                                           ctx.progress))
             return
         if plan == "restart":
             if self._startable(ctx) is None:
@@ -195,6 +196,17 @@ class Qcow2Backend(VolumeBackend):
             # memory file) now
             self._start(ctx, memory_file=self._memory_file(snapshot))
             self._resume_started(ctx)
+
+    def _run_guest(self, session, ctx: OpContext) -> None:
+        """``cont`` the guest; a guest that needs a reset stays as it is, with a warning."""
+        self._warn_stuck(ctx, memory.resume(session))
+
+    @staticmethod
+    def _warn_stuck(ctx: OpContext, state: str | None) -> None:
+        if state is not None:
+            ctx.scratch.setdefault("warnings", []).append(
+                f"qcow2: the guest at {ctx.group.qmp_socket} is in state {state!r}, as it was "
+                "when saved; it runs again only after a reset (QMP system_reset, then cont)")
 
     @staticmethod
     def _memory_file(snapshot) -> str | None:
@@ -225,7 +237,7 @@ class Qcow2Backend(VolumeBackend):
             self._start(ctx, memory_file=saved)
             with self._vm(group).session() as session:
                 if was_running:
-                    memory.resume(session)
+                    self._run_guest(session, ctx)
             restart.clear_restart(images[0])
             memory.discard(saved)
 
@@ -261,7 +273,7 @@ class Qcow2Backend(VolumeBackend):
         note = restart.read_restart(first) or {}
         with self._vm(ctx.group).session() as session:
             if note.get("running", True) or self._memory_file(ctx.scratch.get("snapshot")):
-                memory.resume(session)
+                self._run_guest(session, ctx)
         restart.clear_restart(first)
 
     def _needs_vm_down(self, ctx: OpContext, members) -> list[MemberSnapshot]:
@@ -379,7 +391,7 @@ class Qcow2Backend(VolumeBackend):
             return self._resume_after_revert(group, ctx)
         if ctx.scratch.get("operation") == "start":
             with self._vm(group).session() as session:
-                memory.resume(session)
+                self._run_guest(session, ctx)
             return True
         pending = ctx.scratch.pop("qcow2.memory_file", None)
         live = self._live(group)
@@ -392,7 +404,7 @@ class Qcow2Backend(VolumeBackend):
             if pending is not None:
                 memory.migrate_to_file(session, pending, ctx.progress)
             if ctx.scratch.get("qcow2.was_running"):
-                memory.resume(session)
+                self._run_guest(session, ctx)
                 memory.clear_paused(pause_marker(self._qcow2_volumes(group)[0].locator))
         paused_at = ctx.scratch.get("qcow2.paused_at")
         if paused_at is not None:
@@ -430,7 +442,7 @@ class Qcow2Backend(VolumeBackend):
                    or bool(note and note.get("running")))
             if run:
                 with live.session() as session:
-                    memory.resume(session)
+                    self._run_guest(session, ctx)
         memory.clear_paused(pause_marker(first))
         if note is not None:
             restart.clear_restart(first)
@@ -455,7 +467,8 @@ class Qcow2Backend(VolumeBackend):
         volumes = ctx.scratch.pop("qcow2.load", None) or self._qcow2_volumes(group)
         with live.session() as session:
             nodes = live.top_nodes(session, volumes)
-            memory.load_internal(session, snapshot.memory.ref, nodes, ctx.progress)
+            self._warn_stuck(ctx, memory.load_internal(session, snapshot.memory.ref, nodes,
+                                                       ctx.progress))
         return True
 
     # -- the built-in launcher: a group's launch recipe -------------------------

@@ -25,7 +25,7 @@ from snaptree.errors import BackendError
 from .layout import read_note
 from .qmp import QMPSession, reachable
 
-__all__ = ["pause", "resume", "save_internal", "load_internal", "migrate_to_file", "load_file", "discard",
+__all__ = ["NEEDS_RESET", "pause", "resume", "save_internal", "load_internal", "migrate_to_file", "load_file", "discard",
            "mark_paused", "clear_paused", "resume_abandoned"]
 
 _FD_NAME = "snaptree-memory"
@@ -46,9 +46,23 @@ def pause(session: QMPSession, before_stop: Callable[[], None] | None = None) ->
     return False
 
 
-def resume(session: QMPSession) -> None:
-    if not session.execute("query-status").get("running"):
-        session.execute("cont")
+#: run states QEMU leaves only through a reset (``cont`` refuses them)
+NEEDS_RESET = ("internal-error", "shutdown", "guest-panicked")
+
+
+def resume(session: QMPSession) -> str | None:
+    """Run the guest unless it runs already.
+
+    Returns ``None``, or the run state that keeps it from running: a guest
+    saved after it crashed comes back crashed, and only a reset helps.
+    """
+    status = session.execute("query-status")
+    if status.get("running"):
+        return None
+    if status.get("status") in NEEDS_RESET:
+        return status["status"]
+    session.execute("cont")
+    return None
 
 
 def mark_paused(marker: str, socket_path: str) -> None:
@@ -102,13 +116,16 @@ def save_internal(session: QMPSession, tag: str, nodes: Sequence[str],
 
 
 def load_internal(session: QMPSession, tag: str, nodes: Sequence[str],
-                  progress: Callable[..., None]) -> None:
-    """Load disks and memory of internal snapshot ``tag``, then run the guest."""
+                  progress: Callable[..., None]) -> str | None:
+    """Load disks and memory of internal snapshot ``tag``, then run the guest.
+
+    Returns what :func:`resume` returns.
+    """
     job_id = f"snaptree-load-{tag}"
     session.run_job("snapshot-load", {"job-id": job_id, "tag": tag, "vmstate": nodes[0],
                                       "devices": list(nodes)},
                     job_id, progress=progress, label="load memory")
-    resume(session)
+    return resume(session)
 
 
 def migrate_to_file(session: QMPSession, path: str, progress: Callable[..., None],
