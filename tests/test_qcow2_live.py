@@ -165,9 +165,13 @@ def test_memory_file_for_external(api, tmp_path, processes):
     processes.append(vm)
     api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=vm.qmp_socket,
                      options={"qcow2.mode": "external"})
+    with qmp.QMPSession(vm.qmp_socket) as session:
+        session.execute("migrate-set-parameters", {"max-bandwidth": 12345678})
     snap = api.create("vm", "ram", memory=True)
     assert snap.memory.kind == "file"
     assert os.path.getsize(snap.memory.ref) > 100_000
+    with qmp.QMPSession(vm.qmp_socket) as session:  # unthrottled for the save only
+        assert session.execute("query-migrate-parameters")["max-bandwidth"] == 12345678
     assert _status(vm) == "running"
     # the disks are active again after migration; writes go to the new top node
     _hmp_write(vm, 0, 0x71, node=f"st{snap.snapshot_id}n0")

@@ -29,6 +29,8 @@ __all__ = ["NEEDS_RESET", "pause", "resume", "save_internal", "load_internal", "
            "mark_paused", "clear_paused", "resume_abandoned"]
 
 _FD_NAME = "snaptree-memory"
+#: bytes per second; QEMU takes any value up to INT64_MAX, this is "no limit" in practice
+_UNTHROTTLED = 1 << 50
 
 
 def pause(session: QMPSession, before_stop: Callable[[], None] | None = None) -> bool:
@@ -140,6 +142,34 @@ def migrate_to_file(session: QMPSession, path: str, progress: Callable[..., None
         session.send_fd(fd, _FD_NAME)
     finally:
         os.close(fd)  # QEMU holds its own copy now
+    # QEMU throttles migration to 128 MiB/s by default, meant for a network
+    # link; the guest is paused and the target is a local file, so lift the
+    # limit for this save and put the user's value back afterwards
+    limit = session.execute("query-migrate-parameters").get("max-bandwidth")
+    if limit is not None:
+        session.execute("migrate-set-parameters", {"max-bandwidth": _UNTHROTTLED})
+    try:
+        _stream_out(session, partial, progress, timeout)
+    except BaseException:
+        if limit is not None:
+            try:
+                session.execute("migrate-set-parameters", {"max-bandwidth": limit})
+            except BackendError:
+                pass  # QEMU gone: the save's own error is the one to report
+        raise
+    if limit is not None:
+        session.execute("migrate-set-parameters", {"max-bandwidth": limit})
+    try:
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        return os.stat(path).st_size
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot finish memory file {path}: {err.strerror}") from err
+
+
+def _stream_out(session: QMPSession, partial: str, progress: Callable[..., None],
+                timeout: float) -> None:
     session.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
     deadline = time.monotonic() + timeout
     while True:
@@ -158,13 +188,6 @@ def migrate_to_file(session: QMPSession, path: str, progress: Callable[..., None
             _unlink(partial)
             raise BackendError("qcow2: saving memory timed out")
         time.sleep(0.02)
-    try:
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-        return os.stat(path).st_size
-    except OSError as err:
-        raise BackendError(f"qcow2: cannot finish memory file {path}: {err.strerror}") from err
 
 
 def load_file(session: QMPSession, path: str, progress: Callable[..., None],
