@@ -166,11 +166,16 @@ class Snaptree:
         (e.g. an LVM merge deferred until the volume is closed)."""
         return list(self.coordinator.warnings)
 
-    def revert(self, group: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
-        """Bring every volume (and VM memory, if saved) back to snapshot ``name``."""
+    def revert(self, group: str, name: str, *, disks_only: bool = False,
+               options: dict[str, Any] | None = None) -> Snapshot:
+        """Bring every volume (and VM memory, if saved) back to snapshot ``name``.
+
+        With ``disks_only`` the memory a snapshot holds is left out: only the
+        volumes go back (a running VM then boots afresh on them).
+        """
         self.group(group)
         self._recover_first(group)
-        return self.coordinator.revert(group, name, options=options)
+        return self.coordinator.revert(group, name, disks_only=disks_only, options=options)
 
     def start_vm(self, group: str, *, paused: bool = False) -> dict[str, str]:
         """Start ``group``'s VM (``virsh start``) on the files its volumes are at now.

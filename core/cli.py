@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revert", help="revert a group to a snapshot")
     p.add_argument("group")
     p.add_argument("name")
+    p.add_argument("--disks-only", action="store_true",
+                   help="leave a snapshot's VM memory out: only the disks go back")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE")
     _json_flag(p)
     p = sub.add_parser("delete", help="delete a snapshot (children are re-parented)")
@@ -225,7 +227,8 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         out.emit(data, lines)
         return 0
     if cmd == "revert":
-        snap = api.revert(args.group, args.name, options=_options(args.option))
+        snap = api.revert(args.group, args.name, disks_only=args.disks_only,
+                          options=_options(args.option))
         out.emit(snapshot_dict(snap), f"group {args.group!r} reverted to {snap.name!r}")
         return 0
     if cmd == "delete":

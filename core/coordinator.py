@@ -242,7 +242,8 @@ class Coordinator:
 
     # -- revert ---------------------------------------------------------------
 
-    def revert(self, group_name: str, name: str, *, options: dict[str, Any] | None = None) -> Snapshot:
+    def revert(self, group_name: str, name: str, *, disks_only: bool = False,
+               options: dict[str, Any] | None = None) -> Snapshot:
         self.warnings = []
         group = self.group(group_name)
         snap = self.snapshot(group_name, name)
@@ -254,7 +255,8 @@ class Coordinator:
                 f"snapshot {name!r} cannot be reverted to: member {invalid[0].backend}:"
                 f"{invalid[0].locator} is invalid")
         options = dict(options or {})
-        options["memory"] = snap.memory is not None
+        options["memory"] = snap.memory is not None and not disks_only
+        options["disks_only"] = disks_only
         ctx = self.context(group, snap.snapshot_id, name, options)
         ctx.scratch["snapshot"] = snap
         members_by_spec = {m.volume.spec: m for m in snap.members}
@@ -268,7 +270,8 @@ class Coordinator:
             previous = self.catalog.current_id(group_name)
             with self.catalog.write("revert-begin") as db:
                 op_id = self.catalog.journal_begin(
-                    group_name, "revert", snap.snapshot_id, {"previous": previous}, db)
+                    group_name, "revert", snap.snapshot_id,
+                    {"previous": previous, "disks_only": disks_only}, db)
             done: list[str] = []
             suspended = False
             try:
@@ -284,7 +287,7 @@ class Coordinator:
                                backend=backend, members=members, ctx=ctx)
                     done.extend(v.spec for v in volumes)
                     ctx.progress(len(done), len(group.volumes), f"revert {name}")
-                if snap.memory is not None:
+                if options["memory"]:
                     restored = self._call("memory-restore", self.hook.snaptree_memory_restore,
                                           group=group, snapshot=snap, ctx=ctx)
                     if not restored:

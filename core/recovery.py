@@ -108,7 +108,8 @@ def _recover_group(coord: Coordinator, group: Group, report: RecoveryReport) -> 
         elif op == "revert":
             snap = catalog.get_snapshot_by_id(sid)
             if snap is not None and snap.state is SnapshotState.COMPLETE:
-                _redo_revert(coord, group, snap)
+                _redo_revert(coord, group, snap,
+                             disks_only=bool(entry["payload"].get("disks_only")))
                 report.actions.append(f"{group.name}: finished reverting to {snap.name!r}")
                 with catalog.write("recover-revert") as db:
                     catalog.set_current(group.name, sid, db)
@@ -142,8 +143,9 @@ def _rollback_create(coord: Coordinator, group: Group, snapshot_id: str, report:
     report.actions.append(f"{group.name}: rolled back interrupted create of {name!r}")
 
 
-def _redo_revert(coord: Coordinator, group: Group, snap) -> None:
-    ctx = coord.context(group, snap.snapshot_id, snap.name, {"memory": False})
+def _redo_revert(coord: Coordinator, group: Group, snap, *, disks_only: bool = False) -> None:
+    ctx = coord.context(group, snap.snapshot_id, snap.name,
+                        {"memory": False, "disks_only": disks_only})
     ctx.scratch["snapshot"] = snap
     by_spec = {m.volume.spec: m for m in snap.members}
     for backend, volumes in batches_for(coord.plugins, group.volumes):

@@ -456,3 +456,41 @@ def test_a_guest_saved_crashed_comes_back_crashed_with_a_warning(machines):
     with m.api() as api:
         assert api.current("vm").name == "crashed"
     m.flush_and_check(0xD1)
+
+
+@pytest.mark.parametrize("mode", ["external", "internal"])
+def test_disks_only_revert_of_a_memory_snapshot(machines, mode):
+    """--disks-only: the disks go back, the memory stays out; a running VM boots afresh."""
+    m = machines(mode=mode, recipe=False)
+    m.write(0xE1)
+    m.mark_ram(b"memory-left-out-A" * 4)
+    m.api().create("vm", "ram", memory=True)
+    m.write(0xE2)
+    # no recipe, QEMU running: a disks-only revert needs QEMU restarted, so it is refused
+    result = run_cli(["revert", "vm", "ram", "--disks-only"], m.state)
+    assert result.returncode == 7 and "qemu.launch" in result.stderr
+    assert "memory" not in result.stderr.split("needs it restarted")[1].split(";")[0]
+    # offline, no recipe needed: only the disks go back, nobody starts a VM
+    m.vm.kill()
+    with pytest.raises(NotSupported, match="holds VM memory"):
+        m.api().revert("vm", "ram")
+    with m.api() as api:
+        api.revert("vm", "ram", disks_only=True)
+        assert api.current("vm").name == "ram"
+    assert m.vm.pid is None
+    for image in m.images:
+        qemu_io(active_image(image), "read -P 0xe1 0 64k")
+
+
+def test_disks_only_revert_with_a_recipe_boots_afresh(machines):
+    m = machines(mode="external")
+    m.write(0xE5)
+    m.mark_ram(b"memory-left-out-B" * 4)
+    m.api().create("vm", "ram", memory=True)
+    m.write(0xE6)
+    m.mark_ram(b"memory-of-now-XYZ" * 4)
+    pid = m.vm.pid
+    assert run_cli(["revert", "vm", "ram", "--disks-only"], m.state).returncode == 0
+    assert m.vm.pid != pid and m.status() == "running"
+    assert m.ram_mark(17 * 4) != b"memory-left-out-B" * 4, "the saved memory was left out"
+    m.flush_and_check(0xE5)

@@ -119,6 +119,7 @@ class Qcow2Backend(VolumeBackend):
             return "offline"
         snapshot = ctx.scratch.get("snapshot")
         if (snapshot is not None and snapshot.memory is not None
+                and not ctx.option("disks_only")
                 and snapshot.memory.kind == "internal"
                 and all(m.data.get("mode") == "internal" for m in members)):
             return "load"
@@ -129,9 +130,12 @@ class Qcow2Backend(VolumeBackend):
         plan = ctx.scratch["qcow2.plan"] = self._revert_plan(ctx, members)
         snapshot = ctx.scratch.get("snapshot")
         memory_kind = snapshot.memory.kind if snapshot is not None and snapshot.memory else None
+        if ctx.option("disks_only"):
+            memory_kind = None
         if plan == "restart":
             if self._startable(ctx) is None:
-                why = ("its VM memory is in a file that only a QEMU started with -incoming reads"
+                why = ("a disks-only revert boots the VM afresh" if ctx.option("disks_only") else
+                       "its VM memory is in a file that only a QEMU started with -incoming reads"
                        if memory_kind == "file" else
                        "an external snapshot needs the VM on a new overlay"
                        if any(m.data.get("mode") == "external" for m in members) else
@@ -194,7 +198,8 @@ class Qcow2Backend(VolumeBackend):
         if plan == "restart" and not ctx.scratch.get("vm_hooks"):
             # ``recover``: no resume hook follows; start (and load any
             # memory file) now
-            self._start(ctx, memory_file=self._memory_file(snapshot))
+            self._start(ctx, memory_file=None if ctx.option("disks_only")
+                        else self._memory_file(snapshot))
             self._resume_started(ctx)
 
     def _run_guest(self, session, ctx: OpContext) -> None:
@@ -436,9 +441,8 @@ class Qcow2Backend(VolumeBackend):
             self._start(ctx, memory_file=None)
         live = self._live(group)
         if live is not None:
-            snapshot = ctx.scratch["snapshot"]
             # after a revert to a point with memory the guest runs from there
-            run = (ctx.scratch.get("qcow2.was_running") or snapshot.memory is not None
+            run = (ctx.scratch.get("qcow2.was_running") or bool(ctx.option("memory"))
                    or bool(note and note.get("running")))
             if run:
                 with live.session() as session:
