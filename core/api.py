@@ -155,8 +155,7 @@ class Snaptree:
     def create(self, group: str, name: str | None = None, *, description: str = "",
                memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
         """Snapshot every volume of ``group`` as one point; returns the snapshot."""
-        self.group(group)
-        self._recover_first(group)
+        self._recover_first(group)  # the coordinator refuses an unknown group
         return self.coordinator.create(group, name, description=description, memory=memory,
                                        options=options)
 

@@ -180,7 +180,8 @@ class Coordinator:
                     with self.catalog.write("create-memory") as db:
                         self.catalog.set_memory(snapshot_id, memory_state, db)
                 total = len(group.volumes)
-                for backend, volumes in batches:
+                unwritten: list[MemberSnapshot] = []
+                for index, (backend, volumes) in enumerate(batches):
                     members = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
                                          backend=backend, volumes=volumes, ctx=ctx)
                     members = list(members or ())
@@ -190,16 +191,20 @@ class Coordinator:
                             f"backend {backend!r} returned {len(members)} members for "
                             f"{len(volumes)} volumes")
                     made.extend(members)
-                    # No fsync of its own: ``recover`` finds half-made members
-                    # through the backends' listings, and the commit's fsync
-                    # below makes these rows durable with it.
-                    with self.catalog.write("create-members", durable=False) as db:
-                        self.catalog.add_members(members, db)
+                    if index == len(batches) - 1:
+                        unwritten = members  # the commit below writes them
+                    else:
+                        # No fsync of its own: ``recover`` finds half-made
+                        # members through the backends' listings, and the
+                        # commit's fsync makes these rows durable with it.
+                        with self.catalog.write("create-members", durable=False) as db:
+                            self.catalog.add_members(members, db)
                     ctx.progress(len(made), total, f"snapshot {name}")
                 if suspended:
                     self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
                     suspended = False
                 with self.catalog.write("create-commit") as db:
+                    self.catalog.add_members(unwritten, db)
                     self.catalog.set_state(snapshot_id, SnapshotState.COMPLETE, db)
                     self.catalog.set_current(group_name, snapshot_id, db)
                     self.catalog.journal_finish(op_id, "done", db)

@@ -261,7 +261,7 @@ class BackendContract:
         vol.fill(30)
         before = vol.digest()
         crashed = run_cli(["create", group, "crashy"], snaptree_state_dir,
-                          env={"SNAPTREE_KILL_AT_LABEL": "catalog:create-members:before"})
+                          env={"SNAPTREE_KILL_AT_LABEL": "catalog:create-commit:before"})
         assert crashed.returncode == -9, crashed.stderr
         assert len(self._stored(api, vol)) == 1, "the crash left a member behind"
         report = api.recover()
