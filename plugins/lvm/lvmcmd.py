@@ -28,7 +28,11 @@ from snaptree.errors import (
     VolumeInUse,
     VolumeNotFound,
 )
+from snaptree.devices import wait_for_block_devices
 from snaptree.runner import CommandRunner
+
+#: seconds to wait for an activated LV's device node
+ACTIVATION_TIMEOUT = 20.0
 
 __all__ = ["LvmCommands", "LvInfo", "LV_FIELDS", "udev_running", "map_lvm_failure"]
 
@@ -277,7 +281,14 @@ class LvmCommands:
         self.lvm("lvrename", vg, old, new)
 
     def activate(self, vg: str, lv: str, *, ignore_skip: bool = True) -> None:
+        """Activate ``vg/lv`` and return once its device node ``/dev/VG/LV`` is usable.
+
+        The node is made by udev or by libdevmapper; either way a caller that
+        opens the volume right after a revert must find it, so the device
+        tracker waits for it instead of trusting the command's exit.
+        """
         self.lvm("lvchange", "-ay", *(["-K"] if ignore_skip else []), f"{vg}/{lv}")
+        wait_for_block_devices([f"/dev/{vg}/{lv}"], timeout=ACTIVATION_TIMEOUT)
 
     def deactivate(self, vg: str, lv: str) -> None:
         self.lvm("lvchange", "-an", f"{vg}/{lv}")
