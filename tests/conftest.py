@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-pytest_plugins = ["snaptree.testing", "btrfs_fixtures"]
+pytest_plugins = ["snaptree.testing", "btrfs_fixtures", "qemu_fixtures"]
 
 
 def is_root() -> bool:

@@ -12,15 +12,17 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from typing import Iterator
 
 import pytest
 
 __all__ = ["QemuProcess", "make_images", "storage_daemon", "start_vm", "start_daemon",
-           "image_digest", "qemu_io", "kvm_usable", "write_pattern", "write_recipe", "RecipeVM"]
+           "image_digest", "qemu_io", "kvm_usable", "write_pattern", "write_recipe", "RecipeVM", "short_dir"]
 
 _kvm_answer: bool | None = None
 
@@ -122,6 +124,14 @@ def start_vm(directory: str, images: list[str], memory_mib: int = 128) -> QemuPr
     for index in range(len(images)):
         argv += ["-device", f"virtio-blk-pci,drive=disk{index},id=vd{index},share-rw=on"]
     return QemuProcess(argv, qmp, images)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A work folder with a short path: QMP and NBD unix socket paths must fit 108 bytes."""
+    path = tempfile.mkdtemp(prefix="stq-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 
 import pytest
 
@@ -36,14 +35,6 @@ from snaptree.testing import VolumeHandle
 from snaptree_qcow2 import active_image, qmp
 
 pytestmark = [pytest.mark.qemu, pytest.mark.crash]
-
-
-@pytest.fixture
-def short_dir():
-    """A work folder with a short path: QMP and NBD unix socket paths must fit 108 bytes."""
-    path = tempfile.mkdtemp(prefix="stcl-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class LiveScenes:

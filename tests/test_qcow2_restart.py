@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -29,14 +27,6 @@ pytestmark = [pytest.mark.qemu]
 MIB = 1 << 20
 #: where the tests mark guest RAM: far from what SeaBIOS touches in 64 MiB
 RAM_OFFSET = 40 * MIB
-
-
-@pytest.fixture
-def short_dir():
-    """QMP socket paths must fit in 108 bytes."""
-    path = tempfile.mkdtemp(prefix="strs-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Machine:
