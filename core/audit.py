@@ -22,10 +22,13 @@ class AuditLog:
         self.path = path
 
     def _write(self, record: dict) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as log:
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+            try:
+                os.write(fd, line)  # one O_APPEND write: lines of parallel callers never mix
+            finally:
+                os.close(fd)
         except OSError:
             pass  # an audit log must never break the operation it records
 

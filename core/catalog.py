@@ -186,6 +186,9 @@ class Catalog:
     def group_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM groups ORDER BY name")]
 
+    def has_group(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM groups WHERE name=?", (name,)).fetchone() is not None
+
     def get_group(self, name: str) -> Group | None:
         row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
         if row is None:

@@ -9,10 +9,13 @@ was made; a crash is finished or undone by :mod:`snaptree.recovery`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import attrs
 
 from . import faults
 from .catalog import Catalog
@@ -50,6 +53,27 @@ def batches_for(plugins: PluginSet, volumes: Sequence[Volume]) -> list[tuple[str
         else:
             out.append((volume.backend, [volume]))
     return out
+
+
+class _Operation:
+    """The span between ``snaptree_operation_begin`` and ``_end`` of one operation."""
+
+    def __init__(self, hook: Any, group: Group, operation: str, ctx: OpContext,
+                 warnings: list[str]):
+        self.hook, self.group, self.operation, self.ctx = hook, group, operation, ctx
+        self.warnings = warnings
+        self.ended = False
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Let plugins close what they opened (once); their errors become warnings."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            self.hook.snaptree_operation_end(group=self.group, operation=self.operation,
+                                             ctx=self.ctx, error=error)
+        except Exception as err:
+            self.warnings.append(f"closing after {self.operation}: {err}")
 
 
 class Coordinator:
@@ -113,6 +137,19 @@ class Coordinator:
                 raise NotSupported(f"no installed plugin implements backend {backend!r}")
         ctx.scratch.pop("members", None)
 
+    @contextlib.contextmanager
+    def _operation(self, group: Group, operation: str, ctx: OpContext) -> Iterator[_Operation]:
+        """Call ``snaptree_operation_begin`` now and ``_end`` at the latest on leaving."""
+        span = _Operation(self.hook, group, operation, ctx, self.warnings)
+        try:
+            self.hook.snaptree_operation_begin(group=group, operation=operation, ctx=ctx)
+            yield span
+        except BaseException as err:
+            span.end(err)
+            raise
+        finally:
+            span.end()
+
     def _default_name(self, group: str) -> str:
         base = time.strftime("snap-%Y%m%d-%H%M%S")
         name, n = base, 1
@@ -126,108 +163,124 @@ class Coordinator:
     def create(self, group_name: str, name: str | None = None, *, description: str = "",
                memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
         self.warnings = []
-        group = self.group(group_name)
-        if name is None:
-            name = self._default_name(group_name)
-        check_name(name)
+        if not self.catalog.has_group(group_name):
+            raise GroupNotFound(f"no group named {group_name!r}")
+        if name is not None:
+            check_name(name)
         if not isinstance(description, str) or "\x00" in description or len(description) > 4096:
             raise InvalidInput("description must be text without NUL, at most 4096 characters")
         options = dict(options or {})
         options["memory"] = bool(memory)
-        if memory:
-            if not group.qmp_socket:
+
+        # Everything from here reads the group under its lock, once; the
+        # backends' checks too, so nothing they checked can change before
+        # the journal entry is written.
+        with group_lock(self.state_dir, group_name, self.lock_timeout):
+            group = self.group(group_name)
+            if name is None:
+                name = self._default_name(group_name)
+            if memory and not group.qmp_socket:
                 raise InvalidInput(
                     f"--memory needs a running VM: group {group_name!r} has no QMP socket")
-        if self.catalog.get_snapshot(group_name, name) is not None:
-            raise Conflict(f"group {group_name!r} already has a snapshot named {name!r}")
-        snapshot_id = new_snapshot_id()
-        ctx = self.context(group, snapshot_id, name, options)
-        batches = batches_for(self.plugins, group.volumes)
-        self._prepare("snapshot", batches, ctx)
-
-        with group_lock(self.state_dir, group_name, self.lock_timeout):
-            group = self.group(group_name)  # re-read under the lock
-            ctx.group = group
             if self.catalog.get_snapshot(group_name, name) is not None:
                 raise Conflict(f"group {group_name!r} already has a snapshot named {name!r}")
+            snapshot_id = new_snapshot_id()
+            ctx = self.context(group, snapshot_id, name, options)
+            batches = batches_for(self.plugins, group.volumes)
+            self._prepare("snapshot", batches, ctx)
             parent_id = self.catalog.current_id(group_name)
             pending = Snapshot(snapshot_id=snapshot_id, group=group_name, name=name,
                                parent=parent_id, created=time.time(), description=description,
                                state=SnapshotState.PENDING, options=options)
-            with self.catalog.write("create-begin") as db:
-                op_id = self.catalog.journal_begin(group_name, "create", snapshot_id,
-                                                   {"name": name}, db)
-                db.execute(
-                    "INSERT INTO snapshots (snapshot_id, group_name, name, parent_id, created,"
-                    " description, state, options) VALUES (?,?,?,?,?,?,?,?)",
-                    (snapshot_id, group_name, name, parent_id, pending.created, description,
-                     SnapshotState.PENDING.value, json.dumps(options)))
-            made: list[MemberSnapshot] = []
-            memory_state = None
-            suspended = False
-            try:
-                if memory:
-                    suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
-                                                group=group, ctx=ctx))
-                    if not suspended:
-                        raise NotSupported(
-                            f"no plugin can pause the VM of group {group_name!r} "
-                            f"(QMP socket {group.qmp_socket})")
-                    memory_state = self._call("memory-save", self.hook.snaptree_memory_save,
-                                              group=group, ctx=ctx)
-                    if memory_state is None:
-                        raise NotSupported(f"no plugin can save VM memory for group {group_name!r}")
-                    with self.catalog.write("create-memory") as db:
-                        self.catalog.set_memory(snapshot_id, memory_state, db)
-                total = len(group.volumes)
-                unwritten: list[MemberSnapshot] = []
-                for index, (backend, volumes) in enumerate(batches):
-                    members = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
-                                         backend=backend, volumes=volumes, ctx=ctx)
-                    members = list(members or ())
-                    if len(members) != len(volumes):
-                        made.extend(members)
-                        raise SnaptreeError(
-                            f"backend {backend!r} returned {len(members)} members for "
-                            f"{len(volumes)} volumes")
+            with self._operation(group, "snapshot", ctx) as span:
+                made, memory_state = self._create_locked(group, ctx, batches, pending, span)
+        # what the catalog now holds, without reading it back
+        order = {v.spec: i for i, v in enumerate(group.volumes)}
+        return attrs.evolve(pending, parent=group.current if parent_id else None,
+                            state=SnapshotState.COMPLETE, memory=memory_state,
+                            members=tuple(sorted(made, key=lambda m: order.get(m.volume.spec, 0))))
+
+    def _create_locked(self, group: Group, ctx: OpContext, batches, pending: Snapshot,
+                       span: _Operation) -> tuple[list[MemberSnapshot], Any]:
+        """Journal, snapshot every batch, commit; undo on failure (group locked)."""
+        group_name, name, snapshot_id = group.name, pending.name, pending.snapshot_id
+        memory = bool(pending.options.get("memory"))
+        with self.catalog.write("create-begin") as db:
+            op_id = self.catalog.journal_begin(group_name, "create", snapshot_id,
+                                               {"name": name}, db)
+            db.execute(
+                "INSERT INTO snapshots (snapshot_id, group_name, name, parent_id, created,"
+                " description, state, options) VALUES (?,?,?,?,?,?,?,?)",
+                (snapshot_id, group_name, name, pending.parent, pending.created,
+                 pending.description, SnapshotState.PENDING.value, json.dumps(pending.options)))
+        made: list[MemberSnapshot] = []
+        memory_state = None
+        suspended = False
+        try:
+            if memory:
+                suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
+                                            group=group, ctx=ctx))
+                if not suspended:
+                    raise NotSupported(
+                        f"no plugin can pause the VM of group {group_name!r} "
+                        f"(QMP socket {group.qmp_socket})")
+                memory_state = self._call("memory-save", self.hook.snaptree_memory_save,
+                                          group=group, ctx=ctx)
+                if memory_state is None:
+                    raise NotSupported(f"no plugin can save VM memory for group {group_name!r}")
+                with self.catalog.write("create-memory") as db:
+                    self.catalog.set_memory(snapshot_id, memory_state, db)
+            total = len(group.volumes)
+            unwritten: list[MemberSnapshot] = []
+            for index, (backend, volumes) in enumerate(batches):
+                members = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
+                                     backend=backend, volumes=volumes, ctx=ctx)
+                members = list(members or ())
+                if len(members) != len(volumes):
                     made.extend(members)
-                    if index == len(batches) - 1:
-                        unwritten = members  # the commit below writes them
-                    else:
-                        # No fsync of its own: ``recover`` finds half-made
-                        # members through the backends' listings, and the
-                        # commit's fsync makes these rows durable with it.
-                        with self.catalog.write("create-members", durable=False) as db:
-                            self.catalog.add_members(members, db)
-                    ctx.progress(len(made), total, f"snapshot {name}")
-                if suspended:
-                    self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
-                    suspended = False
-                with self.catalog.write("create-commit") as db:
-                    self.catalog.add_members(unwritten, db)
-                    self.catalog.set_state(snapshot_id, SnapshotState.COMPLETE, db)
-                    self.catalog.set_current(group_name, snapshot_id, db)
-                    self.catalog.journal_finish(op_id, "done", db)
-            except BaseException as err:
-                undo_errors = self._undo_create(group, ctx, made, memory_state)
-                if suspended:
-                    try:
-                        self.hook.snaptree_vm_resume(group=group, ctx=ctx)
-                    except Exception as resume_err:  # keep the first error
-                        undo_errors.append(f"resume: {resume_err}")
-                message = str(err) or type(err).__name__
+                    raise SnaptreeError(
+                        f"backend {backend!r} returned {len(members)} members for "
+                        f"{len(volumes)} volumes")
+                made.extend(members)
+                if index == len(batches) - 1:
+                    unwritten = members  # the commit below writes them
+                else:
+                    # No fsync of its own: ``recover`` finds half-made
+                    # members through the backends' listings, and the
+                    # commit's fsync makes these rows durable with it.
+                    with self.catalog.write("create-members", durable=False) as db:
+                        self.catalog.add_members(members, db)
+                ctx.progress(len(made), total, f"snapshot {name}")
+            if suspended:
+                self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
+                suspended = False
+            span.end()  # plugins close their connections before the outcome is recorded
+            with self.catalog.write("create-commit") as db:
+                self.catalog.add_members(unwritten, db)
+                self.catalog.set_state(snapshot_id, SnapshotState.COMPLETE, db)
+                self.catalog.set_current(group_name, snapshot_id, db)
+                self.catalog.journal_finish(op_id, "done", db)
+        except BaseException as err:
+            undo_errors = self._undo_create(group, ctx, made, memory_state)
+            if suspended:
+                try:
+                    self.hook.snaptree_vm_resume(group=group, ctx=ctx)
+                except Exception as resume_err:  # keep the first error
+                    undo_errors.append(f"resume: {resume_err}")
+            span.end(err)
+            message = str(err) or type(err).__name__
+            if undo_errors:
+                message += "; undo incomplete (run 'snaptree recover'): " + "; ".join(undo_errors)
+            with self.catalog.write("create-failed") as db:
                 if undo_errors:
-                    message += "; undo incomplete (run 'snaptree recover'): " + "; ".join(undo_errors)
-                with self.catalog.write("create-failed") as db:
-                    if undo_errors:
-                        self.catalog.journal_update(op_id, {"name": name, "undo_failed": True}, db)
-                    else:
-                        self.catalog.remove_snapshot_row(snapshot_id, db)
-                        self.catalog.journal_finish(op_id, "failed", db, error=message)
-                if isinstance(err, SnaptreeError) and undo_errors:
-                    err.message = message
-                raise
-        return self.catalog.get_snapshot_by_id(snapshot_id)
+                    self.catalog.journal_update(op_id, {"name": name, "undo_failed": True}, db)
+                else:
+                    self.catalog.remove_snapshot_row(snapshot_id, db)
+                    self.catalog.journal_finish(op_id, "failed", db, error=message)
+            if isinstance(err, SnaptreeError) and undo_errors:
+                err.message = message
+            raise
+        return made, memory_state
 
     def _undo_create(self, group: Group, ctx: OpContext, made: list[MemberSnapshot],
                      memory_state) -> list[str]:
@@ -271,7 +324,8 @@ class Coordinator:
         batches = batches_for(self.plugins, group.volumes)
         self._prepare("revert", batches, ctx, members=list(snap.members))
 
-        with group_lock(self.state_dir, group_name, self.lock_timeout):
+        with group_lock(self.state_dir, group_name, self.lock_timeout), \
+                self._operation(group, "revert", ctx) as span:
             previous = self.catalog.current_id(group_name)
             with self.catalog.write("revert-begin") as db:
                 op_id = self.catalog.journal_begin(
@@ -300,6 +354,7 @@ class Coordinator:
                 if suspended:
                     self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
                     suspended = False
+                span.end()
                 with self.catalog.write("revert-commit") as db:
                     self.catalog.set_current(group_name, snap.snapshot_id, db)
                     self.catalog.journal_finish(op_id, "done", db)
@@ -309,6 +364,7 @@ class Coordinator:
                         self.hook.snaptree_vm_resume(group=group, ctx=ctx)
                     except Exception:
                         pass  # the revert error is the one to report
+                span.end(err)
                 message = str(err) or type(err).__name__
                 if done:
                     message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"
@@ -372,19 +428,20 @@ class Coordinator:
         ctx = self.context(group, snap.snapshot_id, snap.name, dict(options or {}))
         ctx.scratch["snapshot"] = snap
         members_by_spec = {m.volume.spec: m for m in snap.members}
-        for backend, volumes in batches_for(self.plugins, group.volumes):
-            members = [members_by_spec[v.spec] for v in volumes if v.spec in members_by_spec]
-            if not members:
-                continue
-            self._call(f"delete:{backend}", self.hook.snaptree_delete,
-                       backend=backend, members=members, ctx=ctx)
-            with self.catalog.write("delete-members") as db:
-                for m in members:
-                    db.execute("DELETE FROM members WHERE snapshot_id=? AND spec=?",
-                               (m.snapshot_id, m.volume.spec))
-        if snap.memory is not None:
-            self._call("memory-delete", self.hook.snaptree_memory_delete,
-                       group=group, memory=snap.memory, ctx=ctx)
+        with self._operation(group, "delete", ctx):
+            for backend, volumes in batches_for(self.plugins, group.volumes):
+                members = [members_by_spec[v.spec] for v in volumes if v.spec in members_by_spec]
+                if not members:
+                    continue
+                self._call(f"delete:{backend}", self.hook.snaptree_delete,
+                           backend=backend, members=members, ctx=ctx)
+                with self.catalog.write("delete-members") as db:
+                    for m in members:
+                        db.execute("DELETE FROM members WHERE snapshot_id=? AND spec=?",
+                                   (m.snapshot_id, m.volume.spec))
+            if snap.memory is not None:
+                self._call("memory-delete", self.hook.snaptree_memory_delete,
+                           group=group, memory=snap.memory, ctx=ctx)
         with self.catalog.write("delete-row") as db:
             parent = self.catalog.parent_id(snapshot_id)
             self.catalog.reparent(snapshot_id, parent, db)

@@ -93,6 +93,49 @@ def snaptree_prepare(
     """
 
 
+@hookspec
+def snaptree_operation_begin(group: Group, operation: str, ctx: OpContext) -> None:
+    """The group is locked and ``operation`` is about to be journaled.
+
+    Open here what the operation's later hooks should share instead of each
+    opening their own, such as a connection to the VM's monitor (the qcow2
+    plugin keeps one QMP connection for a whole create, from pausing the VM
+    to resuming it).  Keep it in ``ctx.scratch`` under a key with your
+    plugin's prefix.
+
+    Change nothing here: raising refuses the operation before anything is
+    journaled.  Hooks must work without this call too, because
+    ``snaptree recover`` calls the operation hooks on their own.
+
+    Every plugin is called.  A delete of several snapshots calls it once per
+    snapshot, with that snapshot's context.
+
+    :param group: the group, read under its lock.
+    :param operation: ``"snapshot"``, ``"revert"`` or ``"delete"``.
+    :param ctx: the operation's context.
+    """
+
+
+@hookspec
+def snaptree_operation_end(group: Group, operation: str, ctx: OpContext,
+                           error: BaseException | None) -> None:
+    """Close what :func:`snaptree_operation_begin` opened.
+
+    Called once the backends' work is over (``error`` is ``None``) or has
+    failed and been undone (``error`` is what failed), before the catalog
+    records the outcome.  Called whenever ``snaptree_operation_begin`` was,
+    even if that call raised for another plugin.  What you raise here is
+    reported as a warning: the operation's outcome is already decided.
+
+    Every plugin is called.
+
+    :param group: the group.
+    :param operation: as given to :func:`snaptree_operation_begin`.
+    :param ctx: the operation's context.
+    :param error: the exception that failed the operation, or ``None``.
+    """
+
+
 @hookspec(firstresult=True)
 def snaptree_snapshot(
     backend: str, volumes: Sequence[Volume], ctx: OpContext

@@ -23,6 +23,9 @@ __all__ = ["CommandRunner", "ENOSPC_MARKERS"]
 
 log = logging.getLogger("snaptree.runner")
 
+#: (program, PATH) -> where :meth:`CommandRunner.which` found it
+_found: dict[tuple[str, str | None], str] = {}
+
 #: stderr fragments that mean the storage is full.
 ENOSPC_MARKERS = ("No space left on device", "Insufficient free space", "ENOSPC",
                   "insufficient free space", "not enough free space")
@@ -49,9 +52,19 @@ class CommandRunner:
         self._fail_on.update(numbers)
 
     def which(self, tool: str) -> str:
-        path = shutil.which(tool)
-        if path is None:
-            raise ToolMissing(f"{self.backend}: required program {tool!r} not found on PATH")
+        """The path of ``tool`` on ``PATH``; raise :class:`ToolMissing` if absent.
+
+        Backends ask before every operation: the answer is kept while
+        ``PATH`` stays the same and the program is still there.
+        """
+        key = (tool, os.environ.get("PATH"))
+        path = _found.get(key)
+        if path is None or not os.access(path, os.X_OK):
+            path = shutil.which(tool)
+            if path is None:
+                _found.pop(key, None)
+                raise ToolMissing(f"{self.backend}: required program {tool!r} not found on PATH")
+            _found[key] = path
         return path
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None,

@@ -225,3 +225,40 @@ def test_qemu_killed_during_commit_then_recover(api, tmp_path, processes, monkey
     assert all(active_image(p) == p for p in images)
     qemu_io(images[0], "read -P 0x31 0 64k")
     qemu_io(images[0], "read -P 0x32 64k 64k")
+
+
+@pytest.mark.parametrize("mode", ["internal", "external"])
+def test_create_with_memory_holds_one_qmp_connection(api, tmp_path, processes, monkeypatch, mode):
+    images = make_images(str(tmp_path), 2)
+    vm = start_vm(str(tmp_path), images)
+    processes.append(vm)
+    api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=vm.qmp_socket,
+                     options={"qcow2.mode": mode})
+    opened = []
+    enter = qmp.QMPSession.__enter__
+
+    def counting_enter(session):
+        opened.append(session.socket_path)
+        return enter(session)
+
+    monkeypatch.setattr(qmp.QMPSession, "__enter__", counting_enter)
+    api.create("vm", "ram", memory=True)
+    api.create("vm", "disks")
+    # pause, save, snapshot and resume share one connection per create
+    assert opened == [vm.qmp_socket, vm.qmp_socket]
+    monkeypatch.setattr(qmp.QMPSession, "__enter__", enter)
+    assert _status(vm) == "running"  # closed: QEMU answers the next client
+
+
+def test_socket_file_nobody_listens_on_means_offline(api, tmp_path):
+    import socket
+    images = make_images(str(tmp_path), 2)
+    stale = str(tmp_path / "gone.qmp")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(stale)
+    listener.close()  # the file stays, as after a QEMU that was killed
+    api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=stale)
+    snap = api.create("vm", "s1")  # qemu-img, offline
+    assert all(_tags(p) == [snap.snapshot_id] for p in images)
+    api.delete("vm", "s1")
+    assert all(_tags(p) == [] for p in images)

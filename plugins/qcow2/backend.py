@@ -34,11 +34,36 @@ from .layout import (PARTIAL, active_image, memory_path, overlay_path, pause_mar
 from .live import LiveOps, block_nodes
 from .offline import Chain, OfflineOps, internal_member
 from .qemuimg import QemuImg
-from .qmp import reachable
+from .qmp import QMPSession, reachable
 
 __all__ = ["Qcow2Backend", "MODES"]
 
 MODES = ("internal", "external")
+
+#: ctx.scratch key: the create's shared QMP connection (a _Connection)
+_SHARED = "qcow2.session"
+
+
+class _Connection:
+    """The QMP session a create shares between its hooks, opened on first use."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self._session: QMPSession | None = None
+        self._opened = False
+
+    def session(self) -> QMPSession | None:
+        """The connected session, or ``None`` when no QEMU listened at first use."""
+        if not self._opened:
+            # a connect that raised is tried again by the next hook that asks
+            self._session = QMPSession.open_if_listening(self.socket_path)
+            self._opened = True
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
 
 class Qcow2Backend(VolumeBackend):
@@ -62,7 +87,20 @@ class Qcow2Backend(VolumeBackend):
             raise InvalidInput(f"qcow2: mode must be 'internal' or 'external', not {mode!r}")
         return mode
 
-    def _live(self, group: Group) -> LiveOps | None:
+    def _live(self, group: Group, ctx: OpContext | None = None) -> LiveOps | None:
+        """Operations through the QEMU answering on the group's socket, if one does.
+
+        During a create, the connection opened by ``snaptree_operation_begin``
+        is used (and nothing listening then means offline); otherwise, or
+        once that connection broke, the socket is probed afresh.
+        """
+        connection = ctx.scratch.get(_SHARED) if ctx is not None else None
+        if connection is not None:
+            session = connection.session()  # raises what the connect raised
+            if session is None:
+                return None
+            if not session.broken:
+                return LiveOps(self.qemu_img, group.qmp_socket, shared=session)
         if group.qmp_socket and reachable(group.qmp_socket):
             return LiveOps(self.qemu_img, group.qmp_socket)
         return None
@@ -161,7 +199,7 @@ class Qcow2Backend(VolumeBackend):
 
     def snapshot(self, volumes, ctx):
         mode = self._mode(ctx)
-        live = self._live(ctx.group)
+        live = self._live(ctx.group, ctx)
         if live is None:
             return self.offline.snapshot(volumes, ctx.snapshot_id, mode)
         with live.session() as session:
@@ -285,7 +323,7 @@ class Qcow2Backend(VolumeBackend):
         """Members a running QEMU cannot delete: an external snapshot whose base
         image other branches share (``block-commit`` would change them too) or
         an internal one inside a read-only image below the running disk."""
-        live = self._live(ctx.group)
+        live = self._live(ctx.group, ctx)
         if live is None:
             return []
         with live.session() as session:
@@ -312,7 +350,7 @@ class Qcow2Backend(VolumeBackend):
             # QEMU loads the memory back
             self._with_vm_saved(ctx, lambda: [self.offline.delete(m) for m in members])
             return
-        live = self._live(ctx.group)
+        live = self._live(ctx.group, ctx)
         for member in members:
             if live is not None:
                 with live.session() as session:
@@ -359,13 +397,29 @@ class Qcow2Backend(VolumeBackend):
             done.append(resumed)
         return done
 
+    # -- one QMP connection for a whole create --------------------------------
+
+    @hookimpl
+    def snaptree_operation_begin(self, group, operation, ctx):
+        # A create talks to one QEMU from pause to resume: one connection.
+        # Reverts and deletes may quit and restart QEMU midway; they connect
+        # per step.
+        if operation == "snapshot" and group.qmp_socket and self._qcow2_volumes(group):
+            ctx.scratch[_SHARED] = _Connection(group.qmp_socket)
+
+    @hookimpl
+    def snaptree_operation_end(self, group, operation, ctx, error):
+        connection = ctx.scratch.pop(_SHARED, None)
+        if connection is not None:
+            connection.close()
+
     # -- VM hooks -------------------------------------------------------------
 
     def _vm_group(self, group: Group) -> bool:
         return bool(group.qmp_socket and self._qcow2_volumes(group))
 
-    def _vm(self, group: Group) -> LiveOps:
-        live = self._live(group)
+    def _vm(self, group: Group, ctx: OpContext | None = None) -> LiveOps:
+        live = self._live(group, ctx)
         if live is None:
             raise BackendError(f"qcow2: no QEMU answers on {group.qmp_socket}")
         return live
@@ -377,12 +431,12 @@ class Qcow2Backend(VolumeBackend):
         # The marker (in the first disk's folder) lets ``recover`` resume
         # the VM if this process dies before snaptree_vm_resume.
         marker = pause_marker(self._qcow2_volumes(group)[0].locator)
-        if "snapshot" in ctx.scratch and self._live(group) is None:
+        if "snapshot" in ctx.scratch and self._live(group, ctx) is None:
             # a revert with no QEMU running: nothing to pause, but resume is
             # where a VM that must be started for memory is run
             ctx.scratch["qcow2.was_running"] = False
             return True
-        with self._vm(group).session() as session:
+        with self._vm(group, ctx).session() as session:
             ctx.scratch["qcow2.was_running"] = memory.pause(
                 session, before_stop=lambda: memory.mark_paused(marker, group.qmp_socket))
         ctx.scratch["qcow2.paused_at"] = time.perf_counter()
@@ -395,17 +449,17 @@ class Qcow2Backend(VolumeBackend):
         if "snapshot" in ctx.scratch:
             return self._resume_after_revert(group, ctx)
         if ctx.scratch.get("operation") == "start":
-            with self._vm(group).session() as session:
+            with self._vm(group, ctx).session() as session:
                 self._run_guest(session, ctx)
             return True
         pending = ctx.scratch.pop("qcow2.memory_file", None)
-        live = self._live(group)
+        live = self._live(group, ctx)
         if live is None and pending is None:
             # QEMU is gone (killed mid-operation): no VM is left paused, so
             # a failed create has nothing to resume.
             memory.clear_paused(pause_marker(self._qcow2_volumes(group)[0].locator))
             return True
-        with (live or self._vm(group)).session() as session:
+        with (live or self._vm(group, ctx)).session() as session:
             if pending is not None:
                 memory.migrate_to_file(session, pending, ctx.progress)
             if ctx.scratch.get("qcow2.was_running"):

@@ -71,12 +71,23 @@ def read_note(path: str) -> str | None:
     """The one line of a small bookkeeping file (``active``, ``paused``), or
     ``None`` when there is none."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
+        fd = os.open(path, os.O_RDONLY)  # cheaper than open() where it is usually missing
     except FileNotFoundError:
         return None
     except OSError as err:
         raise BackendError(f"qcow2: cannot read {path}: {err.strerror}") from err
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot read {path}: {err.strerror}") from err
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise BackendError(f"qcow2: {path} is not text") from err
 
 
 def active_image(image: str) -> str:

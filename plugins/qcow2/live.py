@@ -19,8 +19,9 @@ is taken again with fresh nodes: still one transaction for the group.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
@@ -84,11 +85,15 @@ def _node_name(snapshot_id: str, index: int) -> str:
 class LiveOps:
     """Operations on the disks of one running QEMU, one QMP session each."""
 
-    def __init__(self, qemu_img: QemuImg, socket_path: str):
+    def __init__(self, qemu_img: QemuImg, socket_path: str, *, shared: QMPSession | None = None):
         self.qemu_img = qemu_img
         self.socket_path = socket_path
+        self.shared = shared
 
-    def session(self) -> QMPSession:
+    def session(self) -> ContextManager[QMPSession]:
+        """A connection for one step: the operation's shared one (left open), or a new one."""
+        if self.shared is not None:
+            return contextlib.nullcontext(self.shared)
         return QMPSession(self.socket_path)
 
     def top_nodes(self, session: QMPSession, volumes: Sequence[Volume],

@@ -53,6 +53,13 @@ def reachable(path: str | None) -> bool:
     return bool(path) and os.path.exists(path) and answers(path)
 
 
+def _nobody_listens(err: BaseException) -> bool:
+    """True when a failed connect found no socket file or no server behind it."""
+    cause = err.__cause__
+    cause = getattr(cause, "exc", None) or cause  # qemu.qmp's ConnectError wraps the OSError
+    return isinstance(cause, (FileNotFoundError, ConnectionRefusedError))
+
+
 class _QuietClient(QMPClient):
     """QMPClient that renders messages for its debug log only when it is on.
 
@@ -91,6 +98,23 @@ class QMPSession:
         self._client = _QuietClient("snaptree")
         self.commands = 0
         self._peer_pid: int | None = 0  # 0: not asked yet
+        #: set once the connection failed under a command: QEMU went away
+        self.broken = False
+
+    @classmethod
+    def open_if_listening(cls, socket_path: str) -> "QMPSession | None":
+        """A connected session, or ``None`` when no QEMU listens on ``socket_path``."""
+        if not os.path.exists(socket_path):
+            return None
+        try:
+            return cls(socket_path).__enter__()
+        except BackendError as err:
+            if _nobody_listens(err):
+                return None
+            raise
+
+    def close(self) -> None:
+        self.__exit__(None, None, None)
 
     # -- connection -----------------------------------------------------------
 
@@ -99,10 +123,10 @@ class QMPSession:
             try:
                 self._run(self._client.connect(self.socket_path), "connect")
                 return self
-            except BackendError:
+            except BackendError as err:
                 # QEMU serves one monitor client at a time; the previous
                 # session may still be closing on its side (seen as EINVAL).
-                if attempt == 2:
+                if attempt == 2 or _nobody_listens(err):
                     self._loop.close()
                     raise
                 self._client = _QuietClient("snaptree")
@@ -131,6 +155,7 @@ class QMPSession:
         except asyncio.TimeoutError as err:
             raise BackendError(f"qcow2: QMP {what} on {self.socket_path} timed out") from err
         except (QMPError, OSError, EOFError) as err:
+            self.broken = True
             raise BackendError(
                 f"qcow2: lost QEMU at {self.socket_path} during {what}: "
                 f"{err or type(err).__name__}") from err
