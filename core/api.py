@@ -15,7 +15,7 @@ from .locking import group_lock
 from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
 from .names import check_abs_path, check_name, split_spec
 from .plugins import PluginSet
-from .recovery import DriftReport, RecoveryReport, check, recover
+from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover
 from .statedir import default_state_dir, ensure_state_dir
 from . import vm
 
@@ -149,7 +149,7 @@ class Snaptree:
     # -- snapshots ------------------------------------------------------------
 
     def _recover_first(self, group: str) -> None:
-        if self.auto_recover and self.catalog.journal_open(group):
+        if self.auto_recover and needs_recovery(self.catalog, group):
             recover(self.coordinator, group)
 
     def create(self, group: str, name: str | None = None, *, description: str = "",

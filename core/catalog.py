@@ -204,6 +204,26 @@ class Catalog:
         return Group(name=row["name"], volumes=volumes, qmp_socket=row["qmp_socket"],
                      options=json.loads(row["options"]), created=row["created"], current=current)
 
+    # -- unsynced creates, per boot (see snaptree.boot) ----------------------
+
+    @staticmethod
+    def _epoch_key(group: str, prefix: str = "") -> str:
+        # group names hold no control characters: \x1f cannot occur in one
+        return f"intents\x1f{group}\x1f{prefix}"
+
+    def intent_epochs(self, group: str) -> dict[str, str]:
+        """Snapshot-id prefix -> boot id of each epoch of unsynced creates of ``group``."""
+        low = self._epoch_key(group)
+        rows = self.conn.execute("SELECT key, value FROM meta WHERE key > ? AND key < ?",
+                                 (low, low + "\x7f"))
+        return {r[0][len(low):]: r[1] for r in rows}
+
+    def add_intent_epoch(self, group: str, prefix: str, boot: str, db) -> None:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (self._epoch_key(group, prefix), boot))
+
+    def drop_intent_epoch(self, group: str, prefix: str, db) -> None:
+        db.execute("DELETE FROM meta WHERE key=?", (self._epoch_key(group, prefix),))
+
     def volume_owner(self, spec: str) -> str | None:
         row = self.conn.execute("SELECT group_name FROM volumes WHERE spec=?", (spec,)).fetchone()
         return row[0] if row else None
@@ -211,6 +231,8 @@ class Catalog:
     def delete_group(self, name: str) -> None:
         with self.write("group-delete") as db:
             db.execute("DELETE FROM groups WHERE name=?", (name,))
+            low = self._epoch_key(name)
+            db.execute("DELETE FROM meta WHERE key > ? AND key < ?", (low, low + "\x7f"))
 
     def current_id(self, group: str) -> str | None:
         row = self.conn.execute("SELECT current_id FROM groups WHERE name=?", (group,)).fetchone()

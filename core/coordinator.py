@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
-import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 
 from . import faults
 from .catalog import Catalog
+from .boot import boot_id
 from .errors import (
     Conflict,
     GroupNotFound,
@@ -35,8 +36,9 @@ from .plugins import PluginSet
 __all__ = ["Coordinator", "new_snapshot_id"]
 
 
-def new_snapshot_id() -> str:
-    return uuid.uuid4().hex[:16]
+def new_snapshot_id(prefix: str | None = None) -> str:
+    """16 hex digits: ``prefix`` (8, an epoch of unsynced creates) or random, then 8 random."""
+    return (prefix or secrets.token_hex(4)) + secrets.token_hex(4)
 
 
 def batches_for(plugins: PluginSet, volumes: Sequence[Volume]) -> list[tuple[str, list[Volume]]]:
@@ -184,7 +186,10 @@ class Coordinator:
                     f"--memory needs a running VM: group {group_name!r} has no QMP socket")
             if self.catalog.get_snapshot(group_name, name) is not None:
                 raise Conflict(f"group {group_name!r} already has a snapshot named {name!r}")
-            snapshot_id = new_snapshot_id()
+            epoch = self._intent_epoch(group_name)
+            snapshot_id = new_snapshot_id(epoch)
+            while self.catalog.get_snapshot_by_id(snapshot_id) is not None:
+                snapshot_id = new_snapshot_id(epoch)
             ctx = self.context(group, snapshot_id, name, options)
             batches = batches_for(self.plugins, group.volumes)
             self._prepare("snapshot", batches, ctx)
@@ -193,19 +198,47 @@ class Coordinator:
                                parent=parent_id, created=time.time(), description=description,
                                state=SnapshotState.PENDING, options=options)
             with self._operation(group, "snapshot", ctx) as span:
-                made, memory_state = self._create_locked(group, ctx, batches, pending, span)
+                made, memory_state = self._create_locked(group, ctx, batches, pending, span,
+                                                         synced=epoch is None)
         # what the catalog now holds, without reading it back
         order = {v.spec: i for i, v in enumerate(group.volumes)}
         return attrs.evolve(pending, parent=group.current if parent_id else None,
                             state=SnapshotState.COMPLETE, memory=memory_state,
                             members=tuple(sorted(made, key=lambda m: order.get(m.volume.spec, 0))))
 
+    def _intent_epoch(self, group_name: str) -> str | None:
+        """The snapshot-id prefix of this boot's unsynced creates of the group.
+
+        The first create of a group in a boot records (synced) that its
+        creates from now on may have journal entries a power cut erases;
+        ``recover`` after the next boot looks for what they left on storage
+        (see :mod:`snaptree.boot`).  ``None``: the boot is unknown, so every
+        journal entry is synced.
+        """
+        boot = boot_id()
+        if boot is None:
+            return None
+        epochs = self.catalog.intent_epochs(group_name)
+        for prefix, epoch_boot in epochs.items():
+            if epoch_boot == boot:
+                return prefix
+        prefix = secrets.token_hex(4)
+        while prefix in epochs:
+            prefix = secrets.token_hex(4)
+        with self.catalog.write("create-epoch") as db:
+            self.catalog.add_intent_epoch(group_name, prefix, boot, db)
+        return prefix
+
     def _create_locked(self, group: Group, ctx: OpContext, batches, pending: Snapshot,
-                       span: _Operation) -> tuple[list[MemberSnapshot], Any]:
+                       span: _Operation, *, synced: bool) -> tuple[list[MemberSnapshot], Any]:
         """Journal, snapshot every batch, commit; undo on failure (group locked)."""
         group_name, name, snapshot_id = group.name, pending.name, pending.snapshot_id
         memory = bool(pending.options.get("memory"))
-        with self.catalog.write("create-begin") as db:
+        # Unsynced unless the boot is unknown: a killed process leaves it in
+        # the page cache, and the commit's fsync (or any later synced write)
+        # makes it durable; only a power cut can erase it, and ``recover``
+        # after the reboot then finds what the create made by its epoch.
+        with self.catalog.write("create-begin", durable=synced) as db:
             op_id = self.catalog.journal_begin(group_name, "create", snapshot_id,
                                                {"name": name}, db)
             db.execute(

@@ -78,7 +78,8 @@ def snaptree_prepare(
     """Check that ``operation`` can run on ``volumes``, without side effects.
 
     Called for every backend of a group before anything is changed, so that a
-    failure here leaves nothing to undo.  Check that volumes exist and are not
+    failure here leaves nothing to undo.  For ``"snapshot"`` it runs under the
+    group's lock, so what you check cannot change before the backends act.  Check that volumes exist and are not
     in use in a way you cannot handle, that tools are installed, that options
     in ``ctx.options`` are valid, and (for ``"revert"``/``"delete"``) that the
     members in ``ctx.scratch["members"]`` can be reverted to or removed.
@@ -213,7 +214,10 @@ def snaptree_list(backend: str, volume: Volume) -> Sequence[MemberSnapshot] | No
     snapshot id); set ``valid=False`` for members that can no longer be
     reverted to (an overflowed LVM snapshot).  Objects made by other tools
     may be reported with ``snapshot_id=""``: ``snaptree check`` shows them as
-    foreign and ``recover`` never touches them.
+    foreign and ``recover`` never touches them.  After a reboot, ``recover``
+    deletes (through :func:`snaptree_delete`) the members you list whose
+    snapshot id the catalog does not know and whose first 8 digits are an
+    earlier boot's epoch: a create whose journal entry a power cut erased.
 
     Stops at first non-None result.
 

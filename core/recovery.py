@@ -12,12 +12,13 @@ from typing import Any
 
 import attrs
 
+from .boot import boot_id
 from .coordinator import Coordinator, batches_for
 from .errors import SnaptreeError
 from .locking import try_group_lock
 from .model import Group, MemberSnapshot, SnapshotState
 
-__all__ = ["recover", "check", "RecoveryReport", "DriftReport"]
+__all__ = ["recover", "check", "needs_recovery", "RecoveryReport", "DriftReport"]
 
 
 @attrs.define
@@ -84,14 +85,57 @@ def recover(coord: Coordinator, group_name: str | None = None) -> RecoveryReport
     return report
 
 
+def stale_epochs(catalog, group_name: str) -> list[str]:
+    """Prefixes of the group's unsynced creates begun in an earlier boot."""
+    boot = boot_id()
+    return [p for p, b in catalog.intent_epochs(group_name).items() if b != boot]
+
+
+def needs_recovery(catalog, group_name: str) -> bool:
+    """True when the group has open journal entries or creates a reboot may have orphaned."""
+    return bool(catalog.journal_open(group_name)) or bool(stale_epochs(catalog, group_name))
+
+
 def _recover_group(coord: Coordinator, group: Group, report: RecoveryReport) -> None:
     catalog = coord.catalog
     entries = catalog.journal_open(group.name)
     for volume in group.volumes:
         for line in coord.hook.snaptree_recover_volume(backend=volume.backend, volume=volume) or ():
             report.actions.append(f"{group.name}: {volume.spec}: {line}")
-    if not entries:
+    _replay_journal(coord, group, entries, report)
+    _remove_lost_creates(coord, group, report)
+
+
+def _remove_lost_creates(coord: Coordinator, group: Group, report: RecoveryReport) -> None:
+    """After a reboot: remove what creates made whose unsynced journal entry
+    the power cut erased (their ids carry an earlier boot's epoch prefix and
+    the catalog does not know them); then forget those epochs."""
+    catalog = coord.catalog
+    stale = stale_epochs(catalog, group.name)
+    if not stale:
         return
+    known = {s.snapshot_id for s in catalog.list_snapshots(group.name)}
+    for volume in group.volumes:
+        listed = coord.hook.snaptree_list(backend=volume.backend, volume=volume) or ()
+        lost: dict[str, list[MemberSnapshot]] = {}
+        for member in listed:
+            sid = member.snapshot_id
+            if sid and sid[:8] in stale and sid not in known:
+                lost.setdefault(sid, []).append(member)
+        for sid, members in lost.items():
+            ctx = coord.context(group, sid, sid, {})
+            coord.hook.snaptree_delete(backend=volume.backend, members=members, ctx=ctx)
+            for member in members:
+                report.actions.append(
+                    f"{group.name}: removed {member.ref} on {volume.spec}, left by a create whose "
+                    "journal entry was lost with a reboot")
+    with catalog.write("recover-epochs") as db:
+        for prefix in stale:
+            catalog.drop_intent_epoch(group.name, prefix, db)
+
+
+def _replay_journal(coord: Coordinator, group: Group, entries, report: RecoveryReport) -> None:
+    catalog = coord.catalog
     for entry in entries:
         op = entry["operation"]
         sid = entry["snapshot_id"]

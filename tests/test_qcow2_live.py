@@ -75,7 +75,7 @@ def test_transaction_is_all_or_none(api, tmp_path, processes, monkeypatch):
     daemon = start_daemon(str(tmp_path), images)
     processes.append(daemon)
     fixed = "0123456789abcdef"
-    monkeypatch.setattr("snaptree.coordinator.new_snapshot_id", lambda: fixed)
+    monkeypatch.setattr("snaptree.coordinator.new_snapshot_id", lambda *_: fixed)
     with qmp.QMPSession(daemon.qmp_socket) as session:  # the last disk has the tag already
         session.execute("blockdev-snapshot-internal-sync", {"device": "disk3", "name": fixed})
     api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=daemon.qmp_socket)
