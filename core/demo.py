@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -97,24 +96,20 @@ _RAM_MARK_AT = 40 * 1024 * 1024   # far from what the firmware touches
 
 def _vm_demo(work: str, st) -> None:
     """Memory + disks of a running VM, snapshotted and reverted together."""
+    from snaptree_qcow2 import launch
     from snaptree_qcow2.qmp import QMPSession
 
     vm_dir = tempfile.mkdtemp(prefix="stdemo-", dir="/tmp")  # unix socket paths stay short
     sock = os.path.join(vm_dir, "vm.qmp")
     ram = os.path.join(vm_dir, "guest.ram")
     images = [os.path.join(work, f"vm2-disk{i}.qcow2") for i in range(2)]
-    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg",
-            "-m", str(_RAM_MIB),
-            "-object", f"memory-backend-file,id=ram0,size={_RAM_MIB}M,mem-path={ram},share=on",
-            "-machine", "memory-backend=ram0"]
-    for i, image in enumerate(images):
+    for image in images:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"], check=True)
-        argv += ["-blockdev", f"driver=file,filename={{active:{image}}},node-name=f{i}",
-                 "-blockdev", f"driver=qcow2,file=f{i},node-name=d{i}",
-                 "-device", f"virtio-blk-pci,drive=d{i},id=vd{i},share-rw=on"]
-    recipe = os.path.join(work, "vm2-recipe.json")
-    with open(recipe, "w", encoding="utf-8") as f:
-        json.dump({"argv": argv}, f, indent=1)
+    recipe = launch.write_recipe(os.path.join(work, "vm2-recipe.json"), [
+        "qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg",
+        "-m", str(_RAM_MIB),
+        "-object", f"memory-backend-file,id=ram0,size={_RAM_MIB}M,mem-path={ram},share=on",
+        "-machine", "memory-backend=ram0", *launch.disk_args(images)])
 
     def guest_io(command: str) -> str:
         out = []

@@ -9,11 +9,12 @@ killed and reaped at teardown.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Iterator
 import pytest
 
 __all__ = ["QemuProcess", "make_images", "storage_daemon", "start_vm", "start_daemon",
-           "image_digest", "qemu_io", "kvm_usable", "write_pattern", "write_recipe", "RecipeVM", "short_dir"]
+           "image_digest", "qemu_io", "kvm_usable", "write_pattern", "write_recipe", "RecipeVM", "short_dir", "peer_pid"]
 
 _kvm_answer: bool | None = None
 
@@ -190,6 +191,7 @@ def write_recipe(directory: str, images: list[str], *, memory_mib: int = 64,
     With ``ram_file`` the guest RAM is that shared file, so a test can change
     guest memory from outside and see what a memory restore put back.
     """
+    from snaptree_qcow2 import launch
     accel = (["-accel", "kvm", "-cpu", "host,-arch-capabilities"] if kvm_usable()
              else ["-accel", "tcg"])
     argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-m", str(memory_mib), *accel]
@@ -197,14 +199,22 @@ def write_recipe(directory: str, images: list[str], *, memory_mib: int = 64,
         argv += ["-object", f"memory-backend-file,id=ram0,size={memory_mib}M,mem-path={ram_file},"
                             "share=on",
                  "-machine", "memory-backend=ram0"]
-    for index, image in enumerate(images):
-        argv += ["-blockdev", f"driver=file,filename={{active:{image}}},node-name=file{index}",
-                 "-blockdev", f"driver=qcow2,file=file{index},node-name=disk{index}",
-                 "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index},share-rw=on"]
-    path = os.path.join(directory, "vm-recipe.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({"argv": argv}, handle, indent=1)
-    return path
+    return launch.write_recipe(os.path.join(directory, "vm-recipe.json"),
+                               argv + launch.disk_args(images))
+
+
+def peer_pid(socket_path: str) -> int | None:
+    """The process id of the server listening on ``socket_path`` (``SO_PEERCRED``)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(socket_path)
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0] or None
+    except OSError:
+        return None
+    finally:
+        probe.close()
 
 
 class RecipeVM:
@@ -222,8 +232,7 @@ class RecipeVM:
 
     @property
     def pid(self) -> int | None:
-        from snaptree_qcow2 import launch
-        return launch.peer_pid(self.qmp_socket)
+        return peer_pid(self.qmp_socket)
 
     def kill(self) -> None:
         """Kill whichever QEMU serves the socket now, and wait until it is gone."""

@@ -25,8 +25,6 @@ import json
 import os
 import re
 import select
-import socket
-import struct
 from typing import Mapping, Sequence
 
 import attrs
@@ -37,7 +35,7 @@ from snaptree.runner import CommandRunner
 
 from .layout import active_image
 
-__all__ = ["OPTION", "Recipe", "peer_pid", "shut_down"]
+__all__ = ["OPTION", "Recipe", "disk_args", "shut_down", "write_recipe"]
 
 #: the group option naming the recipe file
 OPTION = "qemu.launch"
@@ -126,19 +124,26 @@ class Recipe:
         runner.run(self.command(qmp_socket, incoming=incoming, images=images), timeout=120)
 
 
-def peer_pid(socket_path: str) -> int | None:
-    """The process id of the server listening on ``socket_path`` (``SO_PEERCRED``)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(socket_path)
-        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        return pid or None
-    except OSError:
-        return None
-    finally:
-        probe.close()
+def disk_args(images: Sequence[str]) -> list[str]:
+    """QEMU arguments attaching each image as a virtio disk, for a recipe.
+
+    Disk ``i`` gets file node ``file<i>``, qcow2 node ``disk<i>`` and device
+    ``vd<i>`` (``share-rw=on``, so the monitor's ``qemu-io`` may write beside
+    the guest); its file is the ``{active:IMAGE}`` placeholder.
+    """
+    args: list[str] = []
+    for index, image in enumerate(images):
+        args += ["-blockdev", f"driver=file,filename={{active:{image}}},node-name=file{index}",
+                 "-blockdev", f"driver=qcow2,file=file{index},node-name=disk{index}",
+                 "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index},share-rw=on"]
+    return args
+
+
+def write_recipe(path: str, argv: Sequence[str]) -> str:
+    """Write a launch recipe holding ``argv`` to ``path``; returns ``path``."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"argv": list(argv)}, handle, indent=1)
+    return path
 
 
 def shut_down(session, socket_path: str, timeout: float = 60.0) -> None:
