@@ -290,6 +290,10 @@ class LvmCommands:
         self.lvm("lvchange", "-ay", *(["-K"] if ignore_skip else []), f"{vg}/{lv}")
         wait_for_block_devices([f"/dev/{vg}/{lv}"], timeout=ACTIVATION_TIMEOUT)
 
+    def wait_node(self, vg: str, lv: str) -> None:
+        """Return once the node of active LV ``vg/lv`` is there (a rename moves it)."""
+        wait_for_block_devices([f"/dev/{vg}/{lv}"], timeout=ACTIVATION_TIMEOUT)
+
     def deactivate(self, vg: str, lv: str) -> None:
         self.lvm("lvchange", "-an", f"{vg}/{lv}")
 

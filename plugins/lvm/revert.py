@@ -117,6 +117,10 @@ def finish_thin(cmds: LvmCommands, vg: str, lv: str,
     current = cmds.lv(vg, lv)
     if current is not None and not current.is_active and not current.skips_activation:
         cmds.activate(vg, lv, ignore_skip=False)
+    elif current is not None and current.is_active:
+        # renamed while active: udev (or libdevmapper) moves the node; a
+        # caller opening the volume right after recover must find it
+        cmds.wait_node(vg, lv)
     return lines
 
 
