@@ -25,9 +25,12 @@ def _lock_path(state_dir: str, group: str) -> str:
 
 def _open(state_dir: str, group: str) -> int:
     path = _lock_path(state_dir, group)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the first lock of this state directory
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as err:
         raise StateError(f"cannot open lock file {path}: {err.strerror}") from err
 

@@ -42,6 +42,8 @@ MODES = ("internal", "external")
 
 #: ctx.scratch key: the create's shared QMP connection (a _Connection)
 _SHARED = "qcow2.session"
+#: ctx.scratch key: each volume's active image, as a create's prepare read it
+_ACTIVES = "qcow2.actives"
 
 
 class _Connection:
@@ -126,11 +128,15 @@ class Qcow2Backend(VolumeBackend):
         self.qemu_img.runner.which("qemu-img")
         # The format was checked when the volume was claimed; a qemu-img run
         # per disk here would cost more than the snapshot itself.
+        actives = {}
         for volume in volumes:
-            if not os.path.isfile(active_image(volume.locator)):
-                raise VolumeNotFound(f"qcow2 image {active_image(volume.locator)} does not exist")
+            active = actives[volume.locator] = active_image(volume.locator)
+            if not os.path.isfile(active):
+                raise VolumeNotFound(f"qcow2 image {active} does not exist")
         if operation == "snapshot":
             self._mode(ctx)
+            # a create prepares under the group's lock: the images stay these
+            ctx.scratch[_ACTIVES] = actives
             return
         if operation == "revert":
             self._check_revert(ctx, ctx.scratch.get("members", []))
@@ -208,7 +214,8 @@ class Qcow2Backend(VolumeBackend):
                 memory.save_internal(session, ctx.snapshot_id, nodes, ctx.progress)
                 return [internal_member(v, ctx.snapshot_id, active_image(v.locator),
                                         vm_state=(i == 0)) for i, v in enumerate(volumes)]
-            return live.snapshot(session, volumes, ctx.snapshot_id, mode)
+            return live.snapshot(session, volumes, ctx.snapshot_id, mode,
+                                 actives=ctx.scratch.get(_ACTIVES))
 
     def revert(self, members, ctx):
         plan = ctx.scratch.pop("qcow2.plan", None) or self._revert_plan(ctx, members)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
@@ -143,8 +143,11 @@ class LiveOps:
     # -- snapshot -------------------------------------------------------------
 
     def snapshot(self, session: QMPSession, volumes: Sequence[Volume], snapshot_id: str,
-                 mode: str) -> list[MemberSnapshot]:
-        actives = [active_image(v.locator) for v in volumes]
+                 mode: str, *, actives: Mapping[str, str] | None = None) -> list[MemberSnapshot]:
+        """Snapshot ``volumes`` in one transaction; ``actives`` maps each locator
+        to its active image when the caller has read them under the group's lock."""
+        actives = [actives[v.locator] if actives and v.locator in actives
+                   else active_image(v.locator) for v in volumes]
         if mode == "internal":
             tops = self._recall(session, actives)
             if tops is not None:
