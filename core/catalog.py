@@ -211,11 +211,16 @@ class Catalog:
         # group names hold no control characters: \x1f cannot occur in one
         return f"intents\x1f{group}\x1f{prefix}"
 
+    def _epoch_bounds(self, group: str) -> tuple[str, str]:
+        """Keys of ``group``'s epochs lie strictly between these (prefixes are hex)."""
+        low = self._epoch_key(group)
+        return low, low + "\x7f"
+
     def intent_epochs(self, group: str) -> dict[str, str]:
         """Snapshot-id prefix -> boot id of each epoch of unsynced creates of ``group``."""
-        low = self._epoch_key(group)
+        low, high = self._epoch_bounds(group)
         rows = self.conn.execute("SELECT key, value FROM meta WHERE key > ? AND key < ?",
-                                 (low, low + "\x7f"))
+                                 (low, high))
         return {r[0][len(low):]: r[1] for r in rows}
 
     def add_intent_epoch(self, group: str, prefix: str, boot: str, db) -> None:
@@ -231,8 +236,7 @@ class Catalog:
     def delete_group(self, name: str) -> None:
         with self.write("group-delete") as db:
             db.execute("DELETE FROM groups WHERE name=?", (name,))
-            low = self._epoch_key(name)
-            db.execute("DELETE FROM meta WHERE key > ? AND key < ?", (low, low + "\x7f"))
+            db.execute("DELETE FROM meta WHERE key > ? AND key < ?", self._epoch_bounds(name))
 
     def current_id(self, group: str) -> str | None:
         row = self.conn.execute("SELECT current_id FROM groups WHERE name=?", (group,)).fetchone()

@@ -115,10 +115,10 @@ def _remove_lost_creates(coord: Coordinator, group: Group, report: RecoveryRepor
     if not stale:
         return
     known = {s.snapshot_id for s in catalog.list_snapshots(group.name)}
+    on_storage = _storage_members(coord, group)
     for volume in group.volumes:
-        listed = coord.hook.snaptree_list(backend=volume.backend, volume=volume) or ()
         lost: dict[str, list[MemberSnapshot]] = {}
-        for member in listed:
+        for member in on_storage[volume.spec]:
             sid = member.snapshot_id
             if sid and sid[:8] in stale and sid not in known:
                 lost.setdefault(sid, []).append(member)

@@ -288,7 +288,7 @@ class LvmCommands:
         tracker waits for it instead of trusting the command's exit.
         """
         self.lvm("lvchange", "-ay", *(["-K"] if ignore_skip else []), f"{vg}/{lv}")
-        wait_for_block_devices([f"/dev/{vg}/{lv}"], timeout=ACTIVATION_TIMEOUT)
+        self.wait_node(vg, lv)
 
     def wait_node(self, vg: str, lv: str) -> None:
         """Return once the node of active LV ``vg/lv`` is there (a rename moves it)."""
