@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def disks(tmp_path):
+    """Two 64 KiB raw images filled with ``A`` and ``B`` bytes (for the raw backend)."""
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"disk{i}.img"
+        path.write_bytes(bytes([65 + i]) * 65536)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
 def state_dir(tmp_path):
     path = tmp_path / "state"
     return str(path)

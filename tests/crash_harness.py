@@ -187,7 +187,13 @@ def walk_kill_points(backend: str, operation: str, workdir: str,
             if extra_checks is not None:
                 problems += extra_checks(s)
             names = [x.name for x in api.list("vm")]
-            after = s.now()
+            try:
+                after = s.now()
+            except OSError as err:  # a volume's node is missing: say which kill point
+                stats.failures.append(f"kill point {kill_at}: volume unreadable after recover: "
+                                      f"{err}; " + "; ".join(problems))
+                cleanup(os.path.join(workdir, f"kill{kill_at}"))
+                continue
             completed = names == done_names
             if operation == "revert":
                 current = api.current("vm")

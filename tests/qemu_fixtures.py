@@ -128,6 +128,15 @@ def start_vm(directory: str, images: list[str], memory_mib: int = 128) -> QemuPr
 
 
 @pytest.fixture
+def processes() -> Iterator[list]:
+    """A list a test appends the processes it starts to; each is killed afterwards."""
+    started: list = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
 def short_dir() -> Iterator[str]:
     """A work folder with a short path: QMP and NBD unix socket paths must fit 108 bytes."""
     path = tempfile.mkdtemp(prefix="stq-", dir="/tmp")

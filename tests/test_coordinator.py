@@ -16,16 +16,6 @@ from snaptree.testing import run_cli
 
 
 @pytest.fixture
-def disks(tmp_path):
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"disk{i}.img"
-        p.write_bytes(bytes([65 + i]) * 65536)
-        paths.append(p)
-    return paths
-
-
-@pytest.fixture
 def api(tmp_path):
     with Snaptree(str(tmp_path / "state")) as api:
         yield api

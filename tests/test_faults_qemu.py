@@ -36,14 +36,6 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for process in started:
-        process.kill()
-
-
 def _tags(image: str) -> list[str]:
     out = subprocess.run(["qemu-img", "snapshot", "-l", image], capture_output=True,
                          text=True, check=True).stdout

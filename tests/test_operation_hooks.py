@@ -38,12 +38,7 @@ class Recorder:
 
 
 @pytest.fixture
-def setup(tmp_path):
-    disks = []
-    for i in range(2):
-        path = tmp_path / f"disk{i}.img"
-        path.write_bytes(bytes([97 + i]) * 65536)
-        disks.append(path)
+def setup(tmp_path, disks):
     with Snaptree(str(tmp_path / "state")) as api:
         recorder = Recorder(api)
         api.plugins.register(recorder)
@@ -88,7 +83,7 @@ def test_end_gets_the_error_after_the_undo(setup, monkeypatch):
     assert end[:4] == ("end", "snapshot", "a", True)
     assert "injected failure" in end[5]
     assert api.list("vm") == [] and api.catalog.journal_open("vm") == []
-    assert [p.read_bytes()[:1] for p in disks] == [b"a", b"b"]
+    assert [p.read_bytes()[:1] for p in disks] == [b"A", b"B"]
 
 
 def test_begin_that_raises_refuses_with_nothing_journaled(setup):

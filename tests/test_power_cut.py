@@ -16,16 +16,6 @@ from snaptree.testing import forget_unsynced_creates, run_cli
 
 
 @pytest.fixture
-def disks(tmp_path):
-    paths = []
-    for i in range(2):
-        path = tmp_path / f"disk{i}.img"
-        path.write_bytes(bytes([48 + i]) * 65536)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture
 def state(tmp_path):
     return str(tmp_path / "state")
 

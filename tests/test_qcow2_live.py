@@ -22,14 +22,6 @@ def api(tmp_path):
         yield snaptree
 
 
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for process in started:
-        process.kill()
-
-
 def _tags(image: str) -> list[str]:
     out = subprocess.run(["qemu-img", "info", "-U", "--output=json", image],
                          capture_output=True, text=True, check=True).stdout

@@ -72,9 +72,18 @@ def _inner_script(out_dir: str, repo: str, pytest_args: list[str],
 for m in {modules}; do modprobe "$m" || echo "modprobe $m failed" >&2; done
 export HOME=/tmp/snaptree-guest-home TMPDIR=/tmp PYTHONDONTWRITEBYTECODE=1
 export SNAPTREE_IN_GUEST=1 LVM_SUPPRESS_FD_WARNINGS=1
-# virtme-ng starts a udevd, but syncing with it costs seconds per LVM command under TCG;
-# the no-udev path (libdevmapper makes the nodes) is the one the guest tests exercise
-export SNAPTREE_LVM_UDEV=0
+# virtme-ng starts a udevd, but syncing with it costs seconds per LVM command under TCG.
+# The guest tests exercise the no-udev path (libdevmapper and LVM make the nodes), so udevd
+# must go: left running, its dm rules act on the same nodes late, and a remove event it
+# handles after a rename deletes /dev/VG/LV that LVM has just made for the new device.
+udevadm control --exit || echo "udevadm control --exit failed" >&2
+rm -f /run/udev/control
+for comm in /proc/[0-9]*/comm; do
+    if [ "$(cat "$comm" 2>/dev/null)" = systemd-udevd ]; then
+        echo "systemd-udevd still runs in the guest; refusing to test the no-udev path" >&2
+        exit 96
+    fi
+done
 # only the tests' loop devices hold PVs; skipping the rest and the metadata archive
 # saves a good part of every LVM command under TCG
 export SNAPTREE_LVM_CONFIG={q(GUEST_LVM_CONFIG)}
