@@ -80,31 +80,40 @@ class QemuProcess:
         self.kill()
 
 
-def make_images(directory: str, count: int, size: str = "16M") -> list[str]:
+def make_images(directory: str, count: int, size: str = "16M", written: str = "") -> list[str]:
+    """``count`` fresh qcow2 images; with ``written`` (e.g. ``64M``) that much
+    data is written at the start of each, a pattern byte per disk."""
     images = []
     for index in range(count):
         path = os.path.join(directory, f"disk{index}.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, size], check=True)
+        if written:
+            subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                            f"write -P {index % 250 + 1} 0 {written}", path],
+                           check=True, capture_output=True)
         images.append(path)
     return images
 
 
-def _blockdev_args(images: list[str]) -> list[str]:
+def _blockdev_args(images: list[str], direct: bool = False) -> list[str]:
+    cache = ",cache.direct=on" if direct else ""
     args = []
     for index, image in enumerate(images):
-        args += ["-blockdev", f"driver=file,filename={image},node-name=file{index}",
+        args += ["-blockdev", f"driver=file,filename={image},node-name=file{index}{cache}",
                  "-blockdev", f"driver=qcow2,file=file{index},node-name=disk{index}"]
     return args
 
 
-def start_daemon(directory: str, images: list[str]) -> QemuProcess:
+def start_daemon(directory: str, images: list[str], *, direct: bool = False) -> QemuProcess:
+    """A ``qemu-storage-daemon`` exporting each image over NBD; ``direct``
+    opens them with O_DIRECT, as a VM with ``cache=none`` does."""
     qmp = os.path.join(directory, "daemon.qmp")
     nbd = os.path.join(directory, "daemon.nbd")
     argv = ["qemu-storage-daemon",
             "--chardev", f"socket,path={qmp},server=on,wait=off,id=monitor",
             "--monitor", "chardev=monitor",
             "--nbd-server", f"addr.type=unix,addr.path={nbd}"]
-    argv += [a.replace("-blockdev", "--blockdev") for a in _blockdev_args(images)]
+    argv += [a.replace("-blockdev", "--blockdev") for a in _blockdev_args(images, direct)]
     for index in range(len(images)):
         argv += ["--export", f"type=nbd,id=export{index},node-name=disk{index},writable=on"]
     process = QemuProcess(argv, qmp, images)

@@ -4,7 +4,9 @@ nodes checked in the images afterwards, stale ones noticed and replaced."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 
 import pytest
 
@@ -152,5 +154,36 @@ def test_restarted_qemu_is_asked_again(api, tmp_path, commands):
         api.create("g", "b")
         assert commands.count("transaction") == 1
         assert commands[0] in ("query-block", "query-named-block-nodes")
+    finally:
+        daemon.kill()
+
+
+def test_images_the_transaction_wrote_are_not_read_back(api, tmp_path, commands, monkeypatch):
+    """The check after a snapshot into remembered nodes reads only images
+    whose times and size the transaction left as they were."""
+    images = make_images(str(tmp_path), 4)
+    daemon = start_daemon(str(tmp_path), images)
+    read: list[str] = []
+
+    def counted(path):
+        read.append(path)
+        return snapshot_names(path)
+
+    try:
+        api.create_group("g", [f"qcow2:{p}" for p in images], qmp_socket=daemon.qmp_socket)
+        api.create("g", "first")  # finds and remembers the nodes
+        monkeypatch.setattr(live, "snapshot_names", counted)
+        time.sleep(0.05)  # past the coarse clock tick of the last write
+        snap = api.create("g", "second")
+        assert read == []
+        assert all(snap.snapshot_id in snapshot_names(p) for p in images)
+        # an image whose stamp cannot change (the same times put back) is read
+        stamp = os.stat(images[2])
+        real_stamp = live._stamp
+        monkeypatch.setattr(live, "_stamp", lambda p: (
+            (stamp.st_mtime_ns, stamp.st_ctime_ns, stamp.st_size) if p == images[2] else real_stamp(p)))
+        api.create("g", "third")
+        assert read == [images[2]]
+        assert api.check("g").clean
     finally:
         daemon.kill()

@@ -12,9 +12,14 @@ named node (``query-named-block-nodes``, a few milliseconds with many disks)
 when devices do not hold the images, as on a ``qemu-storage-daemon``.  The
 nodes found are remembered per QEMU process (socket path and pid); an
 internal snapshot then goes straight to them and is checked afterwards in
-the images themselves (:mod:`.header`).  Should a node name have moved to
-another image meanwhile, the misplaced tags are deleted and the snapshot
-is taken again with fresh nodes: still one transaction for the group.
+the images themselves: an image the transaction changed (its times or size,
+from ``stat``) was written by QEMU; any other is read (:mod:`.header`) for
+the tag.  Should a node name have moved to another image meanwhile, the
+misplaced tags are deleted and the snapshot is taken again with fresh
+nodes: still one transaction for the group.  (A group image written by
+someone else during the transaction while its node name stands for another
+image would pass this check; QEMU holding an image through a second node
+name, written by the guest, is the only way there.)
 """
 
 from __future__ import annotations
@@ -75,6 +80,16 @@ def _match(nodes: dict[str, str], files: Sequence[str]) -> list[str | None]:
             resolved.setdefault(os.path.realpath(path), node)
         found = [node or resolved.get(f) for f, node in zip(files, found)]
     return found
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What a write to ``path`` changes (modification and change times, size);
+    ``None`` when it cannot be read.  The inode is cached: no disk read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def _node_name(snapshot_id: str, index: int) -> str:
@@ -190,6 +205,7 @@ class LiveOps:
         """Snapshot into remembered nodes; None when they proved stale (nothing is left made)."""
         actions = [{"type": "blockdev-snapshot-internal-sync",
                     "data": {"device": node, "name": snapshot_id}} for node in tops]
+        stamps = [_stamp(a) for a in actives]
         try:
             session.execute("transaction", {"actions": actions})
         except QMPFailed:
@@ -197,7 +213,12 @@ class LiveOps:
                 raise  # the nodes are right: QEMU refused for another reason
             return None  # a transaction fails whole: nothing to clean up
         members = [internal_member(v, snapshot_id, a) for v, a in zip(volumes, actives)]
-        if all(snapshot_id in (snapshot_names(a) or ()) for a in actives):
+        # An image QEMU wrote during the transaction is the one its node
+        # stands for (writing a snapshot changes the file).  Only images that
+        # look untouched are read; reading is what costs with cache=none,
+        # where QEMU's O_DIRECT writes leave nothing in the page cache.
+        untouched = [a for a, before in zip(actives, stamps) if before is None or _stamp(a) == before]
+        if all(snapshot_id in (snapshot_names(a) or ()) for a in untouched):
             return members  # every tag is in the image it was meant for
         if self._find(session, actives) == tops:
             return members  # an image we could not read; QEMU vouches for the nodes
