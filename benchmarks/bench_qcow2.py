@@ -59,11 +59,13 @@ def _median(rounds: int, action: Callable[[int], Any], cleanup: Callable[[int], 
 def _disks(directory: str, count: int, rounds: int = 7, *, size: str = "16M", written: str = "",
            direct: bool = False) -> dict[str, float]:
     """The methods take turns within each round, so a noisy neighbour slows
-    them alike.  The rounds go through every order of the three methods:
-    what ran just before matters (a method measured right after snaptree's
-    delete, which runs ``qemu-img`` processes, is about a millisecond faster
-    than one measured after a plain QMP delete), and a single rotation would
-    give one method that neighbour every time."""
+    them alike, and the rounds go through every order of the three.  What
+    ran just before matters on this machine: a transaction measured right
+    after snaptree's delete (which runs ``qemu-img`` processes) was up to 4 ms
+    faster than one after a plain QMP delete.  So the three snapshots of a
+    round are deleted together after it, the same way every round, and
+    each method runs first after that, or after either other method, as
+    often as the others."""
     images = make_images(directory, count, size, written)
     daemon = start_daemon(directory, images, direct=direct)
     nodes = [f"disk{i}" for i in range(count)]
@@ -98,10 +100,11 @@ def _disks(directory: str, count: int, rounds: int = 7, *, size: str = "16M", wr
             orders = list(itertools.permutations(methods))
             for index in range(rounds):
                 turn = orders[index % len(orders)]
-                for name, action, cleanup in turn:
+                for name, action, _cleanup in turn:
                     started = time.perf_counter()
                     action(index)
                     samples[name].append(time.perf_counter() - started)
+                for _name, _action, cleanup in methods:  # untimed, the same every round
                     cleanup(index)
     finally:
         daemon.quit()

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   for name in ("bench_btrfs", "bench_qcow2", "bench_lvm")}
     else:
         # --quick promises minutes: a module that boots a guest gets a bounded slot
-        timeout = options.extras_timeout or (60.0 if mode == "quick" else 600.0)
+        timeout = options.extras_timeout or (120.0 if mode == "quick" else 600.0)
         extras = run_extras(quick=mode != "full", timeout=timeout)
     with open(bench_json, encoding="utf-8") as f:
         bench = json.load(f)
