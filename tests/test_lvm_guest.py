@@ -77,3 +77,27 @@ def test_devmapper_suite_in_guest(tmp_path, guest_results, crash_totals):
     assert counts["tests"] - counts["skipped"] >= MIN_TESTS, shown
     assert "no device-mapper" not in result.output, "the guest kernel lacked device-mapper"
     print(shown)
+
+
+def test_a_boot_that_never_starts_the_script_is_killed(tmp_path, monkeypatch):
+    """The guest harness gives up on a hung boot (nothing ran) after
+    BOOT_TIMEOUT and kills the whole process group; a boot that reaches the
+    script is waited for and its console kept."""
+    from guest import vng
+
+    monkeypatch.setattr(vng, "BOOT_TIMEOUT", 1.0)
+    out = str(tmp_path)
+    pid_file = tmp_path / "child.pid"
+    hung = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    booted, _console = vng._boot(hung, dict(os.environ), out, timeout=30)
+    assert not booted
+    child = int(pid_file.read_text())
+    try:  # the group went with it (dead: gone, or a zombie nobody reaped yet)
+        with open(f"/proc/{child}/stat", encoding="ascii") as stat:
+            assert stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        pass
+    marker = os.path.join(out, vng.STARTED)
+    starts = ["sh", "-c", f": > {marker}; sleep 2; echo inner done"]
+    booted, console = vng._boot(starts, dict(os.environ), out, timeout=30)
+    assert booted and "inner done" in console

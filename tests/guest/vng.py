@@ -14,6 +14,7 @@ import glob
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,12 @@ from snaptree.devices import kernel_has_device_mapper as host_has_devmapper
 __all__ = ["host_has_devmapper", "find_kernel", "find_vng", "GuestResult", "run_pytest_in_guest",
            "GUEST_MODULES"]
 
+#: File the inner script makes first thing: the guest booted.
+STARTED = "started"
+#: Seconds a boot may take before it counts as hung (TCG boots take 20-60 s here).
+BOOT_TIMEOUT = 300.0
+#: Boots tried before giving up.
+BOOT_ATTEMPTS = 2
 #: Kernel modules the LVM tests need; loaded before pytest starts.
 GUEST_MODULES = ("dm-mod", "dm-snapshot", "dm-thin-pool", "loop")
 #: LVM settings for the throwaway guest (see :class:`snaptree_lvm.lvmcmd.LvmCommands`).
@@ -69,6 +76,7 @@ def _inner_script(out_dir: str, repo: str, pytest_args: list[str],
     exports = "".join(f"export {k}={q(v)}\n" for k, v in env.items() if k.isidentifier())
     return f"""#!/bin/sh
 # written by tests/guest/vng.py; runs inside the guest as root
+: > {q(os.path.join(out_dir, STARTED))}
 for m in {modules}; do modprobe "$m" || echo "modprobe $m failed" >&2; done
 export HOME=/tmp/snaptree-guest-home TMPDIR=/tmp PYTHONDONTWRITEBYTECODE=1
 export SNAPTREE_IN_GUEST=1 LVM_SUPPRESS_FD_WARNINGS=1
@@ -98,7 +106,8 @@ echo $? > {q(os.path.join(out_dir, 'rc'))}
 def run_pytest_in_guest(pytest_args: list[str], out_dir: str, *, repo: str,
                         env: dict[str, str] | None = None, memory: str = "1536M", cpus: int = 2,
                         timeout: float = 900) -> GuestResult:
-    """Boot the guest once and run ``python -m pytest PYTEST_ARGS`` in ``repo`` there.
+    """Boot the guest and run ``python -m pytest PYTEST_ARGS`` in ``repo`` there
+    (booting again once if the first boot hangs before the script starts).
 
     :param env: extra environment variables for pytest inside the guest.
     """
@@ -119,12 +128,14 @@ def run_pytest_in_guest(pytest_args: list[str], out_dir: str, *, repo: str,
     argv = [vng, "--run", kernel, "--disable-kvm", "--memory", memory, "--cpus", str(cpus),
             "--rwdir", out_dir, "--exec", f"sh {shlex.quote(script)}"]
     started = time.monotonic()
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)
-        console = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as err:
-        console = f"guest timed out after {timeout:.0f}s\n{_text(err.stdout)}{_text(err.stderr)}"
+    console = ""
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        booted, text = _boot(argv, env, out_dir, timeout)
+        console += text
+        if booted:
+            break
+        console += (f"\n--- the guest did not reach its script within {BOOT_TIMEOUT:.0f}s "
+                    f"(boot {attempt} of {BOOT_ATTEMPTS}) ---\n")
     seconds = time.monotonic() - started
     returncode = None
     try:
@@ -140,7 +151,40 @@ def run_pytest_in_guest(pytest_args: list[str], out_dir: str, *, repo: str,
     return GuestResult(returncode, output, console, os.path.join(out_dir, "junit.xml"), seconds)
 
 
-def _text(data) -> str:
-    if data is None:
-        return ""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+def _boot(argv: list[str], env: dict[str, str], out_dir: str, timeout: float) -> tuple[bool, str]:
+    """Run the guest once; ``(reached its script, console text)``.
+
+    A TCG boot takes under a minute here but has been seen to hang without
+    a word; one that has not started the script within ``BOOT_TIMEOUT`` is
+    killed (vng, QEMU and all) so the caller can boot again.
+    """
+    marker = os.path.join(out_dir, STARTED)
+    console_path = os.path.join(out_dir, "console.txt")
+    if os.path.exists(marker):
+        os.unlink(marker)
+    with open(console_path, "w", encoding="utf-8") as console:
+        proc = subprocess.Popen(argv, stdout=console, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        begun = time.monotonic()
+        booted = False
+        note = ""
+        while proc.poll() is None:
+            booted = booted or os.path.exists(marker)
+            waited = time.monotonic() - begun
+            if (not booted and waited > BOOT_TIMEOUT) or waited > timeout:
+                if booted:
+                    note = f"guest timed out after {timeout:.0f}s\n"
+                _kill_group(proc)
+                break
+            time.sleep(1)
+        booted = booted or os.path.exists(marker)
+    with open(console_path, encoding="utf-8", errors="replace") as console:
+        return booted, note + console.read()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
