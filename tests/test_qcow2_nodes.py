@@ -13,7 +13,7 @@ import pytest
 from qemu_fixtures import make_images, start_daemon, start_vm
 from snaptree import Snaptree
 from snaptree_qcow2 import live, qmp
-from snaptree_qcow2.header import snapshot_names
+from snaptree_qcow2.header import read_header, snapshot_names
 
 pytestmark = [pytest.mark.qemu]
 
@@ -53,6 +53,45 @@ def test_header_names_match_qemu_img(tmp_path):
     subprocess.run(["qemu-img", "snapshot", "-d", "bb", image], check=True)
     assert snapshot_names(image) == _qemu_img_tags(image)
     assert "bb" not in snapshot_names(image) and "x" * 200 in snapshot_names(image)
+
+
+def test_header_backing_and_vm_state_match_qemu_img(tmp_path):
+    """read_header gives what Chain used to ask qemu-img for: the backing file
+    as written (relative or absolute) and each snapshot's saved VM state size."""
+    [base] = make_images(str(tmp_path), 1)
+    subprocess.run(["qemu-img", "snapshot", "-c", "plain", base], check=True)
+    relative = tmp_path / "rel.qcow2"
+    absolute = tmp_path / "abs.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    os.path.basename(base), str(relative)], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base,
+                    str(absolute)], check=True)
+    for path in (base, str(relative), str(absolute)):
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", path], check=True,
+                                         capture_output=True, text=True).stdout)
+        header = read_header(path)
+        assert header is not None
+        assert header.backing == info.get("backing-filename")
+        assert [(s["name"], s["vm-state-size"]) for s in header.snapshots] == [
+            (s["name"], s["vm-state-size"]) for s in info.get("snapshots", [])]
+    assert read_header(str(relative)).backing == os.path.basename(base)
+
+
+def test_header_reads_the_vm_state_size_a_memory_snapshot_saved(tmp_path):
+    images = make_images(str(tmp_path), 1)
+    vm = start_vm(str(tmp_path), images)
+    try:
+        with qmp.QMPSession(vm.qmp_socket) as session:
+            session.run_job("snapshot-save", {"job-id": "save", "tag": "withram", "vmstate": "disk0",
+                                              "devices": ["disk0"]}, "save")
+    finally:
+        vm.kill()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", images[0]], check=True,
+                                     capture_output=True, text=True).stdout)
+    [saved] = info["snapshots"]
+    assert saved["vm-state-size"] > 0
+    assert read_header(images[0]).snapshots == [{"name": "withram",
+                                                  "vm-state-size": saved["vm-state-size"]}]
 
 
 def test_header_refuses_what_is_not_qcow2(tmp_path):

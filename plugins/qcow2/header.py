@@ -1,24 +1,39 @@
-"""Internal snapshot names read straight from a qcow2 file's header.
+"""What a qcow2 file's header says: backing file and internal snapshots.
 
-``qemu-img info`` costs a process (milliseconds); this reads the header and
-the snapshot table with a few ``pread`` calls (tens of microseconds), so the
-live path can check on disk that a snapshot landed in the image it meant
-(see :meth:`.live.LiveOps.snapshot`).  The layout is QEMU's
-``docs/interop/qcow2.txt``: big-endian, the table at ``snapshots_offset``
-holding ``nb_snapshots`` entries, each padded to 8 bytes.
+``qemu-img info`` costs a process (milliseconds); this reads the header, the
+backing file name and the snapshot table with a few ``pread`` calls (tens
+of microseconds).  The live path checks with it that a snapshot landed in
+the image it meant (see :meth:`.live.LiveOps.snapshot`), and
+:class:`.offline.Chain` reads every image of a volume with it.  The layout
+is QEMU's ``docs/interop/qcow2.txt``: big-endian; the backing file name at
+``backing_file_offset``; the table at ``snapshots_offset`` holding
+``nb_snapshots`` entries, each padded to 8 bytes, whose extra data starts
+with the 64-bit size of the saved VM state.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from typing import Any, NamedTuple
 
-__all__ = ["snapshot_names"]
+__all__ = ["snapshot_names", "read_header", "Header"]
 
 _MAGIC = b"QFI\xfb"
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset: 72 bytes
 _ENTRY = struct.Struct(">QIHHIIQII")         # fixed part of a table entry: 40 bytes
+_LARGE_VM_STATE = struct.Struct(">Q")        # first field of an entry's extra data
 _CHUNK = 4096  # a table of a few dozen snapshots
+_MAX_BACKING_NAME = 1023                     # QEMU refuses longer backing file names
+
+
+class Header(NamedTuple):
+    """What :func:`read_header` found."""
+
+    #: the backing file name as written in the image (may be relative to it)
+    backing: str | None
+    #: the internal snapshots in table order: ``{"name": ..., "vm-state-size": bytes}``
+    snapshots: list[dict[str, Any]]
 
 
 def snapshot_names(path: str) -> list[str] | None:
@@ -27,40 +42,61 @@ def snapshot_names(path: str) -> list[str] | None:
     Returns ``None`` when the file cannot be read or does not look like
     qcow2 (the caller then asks a slower, surer source).
     """
+    header = read_header(path)
+    return None if header is None else [s["name"] for s in header.snapshots]
+
+
+def read_header(path: str) -> Header | None:
+    """The backing file and internal snapshots of the qcow2 image ``path``;
+    ``None`` when it cannot be read or is not qcow2 (ask ``qemu-img info``)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        return _read_names(fd)
+        return _read(fd)
     except (OSError, struct.error, UnicodeDecodeError, ValueError):
         return None
     finally:
         os.close(fd)
 
 
-def _read_names(fd: int) -> list[str] | None:
+def _read(fd: int) -> Header | None:
     head = os.pread(fd, _HEADER.size, 0)
     fields = _HEADER.unpack(head)
-    magic, version, count, table = fields[0], fields[1], fields[11], fields[12]
+    magic, version = fields[0], fields[1]
+    backing_offset, backing_size, count, table = fields[2], fields[3], fields[11], fields[12]
     if magic != _MAGIC or version not in (2, 3):
         return None
-    if count == 0:
-        return []
+    backing = None
+    if backing_offset:
+        if backing_size > _MAX_BACKING_NAME:
+            raise ValueError("backing file name too long")
+        raw = os.pread(fd, backing_size, backing_offset)
+        if len(raw) != backing_size:
+            raise ValueError("backing file name past the end of the file")
+        backing = raw.decode("utf-8")
+    return Header(backing, _read_snapshots(fd, count, table) if count else [])
+
+
+def _read_snapshots(fd: int, count: int, table: int) -> list[dict[str, Any]]:
     buffer = os.pread(fd, _CHUNK, table)
-    names: list[str] = []
+    snapshots: list[dict[str, Any]] = []
     offset = 0
     for _ in range(count):
         if offset + _ENTRY.size > len(buffer):
             buffer += os.pread(fd, max(_CHUNK, _ENTRY.size), table + len(buffer))
-        (_, _, id_size, name_size, _, _, _, _, extra_size) = _ENTRY.unpack_from(buffer, offset)
+        (_, _, id_size, name_size, _, _, _, vm_state, extra_size) = _ENTRY.unpack_from(buffer, offset)
         size = _ENTRY.size + extra_size + id_size + name_size
         while offset + size > len(buffer):  # the last entry's padding may be missing
             more = os.pread(fd, max(_CHUNK, size), table + len(buffer))
             if not more:
                 raise ValueError("snapshot table past the end of the file")
             buffer += more
+        if extra_size >= _LARGE_VM_STATE.size:
+            (vm_state,) = _LARGE_VM_STATE.unpack_from(buffer, offset + _ENTRY.size)
         start = offset + _ENTRY.size + extra_size + id_size
-        names.append(buffer[start:start + name_size].decode("utf-8"))
+        snapshots.append({"name": buffer[start:start + name_size].decode("utf-8"),
+                          "vm-state-size": vm_state})
         offset += size + -size % 8
-    return names
+    return snapshots

@@ -16,6 +16,7 @@ from typing import Sequence
 from snaptree.errors import BackendError, NotFound, NotSupported
 from snaptree.model import MemberSnapshot, Volume
 
+from .header import read_header
 from .layout import (
     OVERLAY_FILE,
     PARTIAL,
@@ -43,12 +44,17 @@ class Chain:
             files += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
                       if n.endswith(".qcow2")]
         for path in files:
-            info = qemu_img.info(path)
-            backing = info.get("full-backing-filename") or info.get("backing-filename")
+            header = read_header(path)  # no process per image; qemu-img if it cannot tell
+            if header is not None:
+                backing, tags = header.backing, header.snapshots
+            else:
+                info = qemu_img.info(path)
+                backing = info.get("full-backing-filename") or info.get("backing-filename")
+                tags = list(info.get("snapshots", []))
             if backing and not os.path.isabs(backing):
                 backing = os.path.join(os.path.dirname(path), backing)
             self.backing[path] = os.path.realpath(backing) if backing else None
-            self.tags[path] = list(info.get("snapshots", []))
+            self.tags[path] = tags
 
     def children(self, path: str) -> list[str]:
         return [f for f, b in self.backing.items() if b == path]
