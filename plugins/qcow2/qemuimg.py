@@ -43,10 +43,6 @@ class QemuImg:
         out = self._run(["qemu-img", "info", "-U", "--output=json", image], image)
         return json.loads(out)
 
-    def snapshots(self, image: str) -> list[dict[str, Any]]:
-        """Internal snapshots of ``image`` as qemu-img reports them (``name``, ``vm-state-size``)."""
-        return list(self.info(image).get("snapshots", []))
-
     def snapshot_create(self, image: str, tag: str) -> None:
         self._run(["qemu-img", "snapshot", "-c", tag, image], image)
 
