@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import time
 
@@ -226,3 +227,24 @@ def test_images_the_transaction_wrote_are_not_read_back(api, tmp_path, commands,
         assert api.check("g").clean
     finally:
         daemon.kill()
+
+
+def test_header_beyond_qemus_table_limits_is_refused(tmp_path):
+    """More entries than QEMU allows, or an entry larger than its table limit,
+    means a damaged header: None (the caller asks qemu-img), not a long read."""
+    [image] = make_images(str(tmp_path), 1)
+    subprocess.run(["qemu-img", "snapshot", "-c", "tag", image], check=True)
+    with open(image, "rb") as handle:
+        data = bytearray(handle.read())
+    table = struct.unpack_from(">Q", data, 64)[0]
+    many = tmp_path / "many.qcow2"
+    data[60:64] = (70000).to_bytes(4, "big")  # nb_snapshots: zeros after the table parse as entries
+    many.write_bytes(bytes(data))
+    os.truncate(many, 16 * 1024 * 1024)
+    assert read_header(str(many)) is None
+    huge = tmp_path / "huge.qcow2"
+    data[60:64] = (1).to_bytes(4, "big")
+    struct.pack_into(">I", data, table + 36, 0xFFFFFFF0)  # the entry's extra_data_size
+    huge.write_bytes(bytes(data))
+    assert read_header(str(huge)) is None
+    assert read_header(image).snapshots[0]["name"] == "tag"

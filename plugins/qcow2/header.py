@@ -25,6 +25,8 @@ _ENTRY = struct.Struct(">QIHHIIQII")         # fixed part of a table entry: 40 b
 _LARGE_VM_STATE = struct.Struct(">Q")        # first field of an entry's extra data
 _CHUNK = 4096  # a table of a few dozen snapshots
 _MAX_BACKING_NAME = 1023                     # QEMU refuses longer backing file names
+_MAX_SNAPSHOTS = 65536                       # QEMU's limits on the table (QCOW_MAX_SNAPSHOTS*)
+_MAX_TABLE_BYTES = 64 * 1024 * 1024
 
 
 class Header(NamedTuple):
@@ -80,19 +82,28 @@ def _read(fd: int) -> Header | None:
 
 
 def _read_snapshots(fd: int, count: int, table: int) -> list[dict[str, Any]]:
-    buffer = os.pread(fd, _CHUNK, table)
+    if count > _MAX_SNAPSHOTS:
+        raise ValueError("more snapshots than QEMU allows: a damaged header")
+    buffer = bytearray(os.pread(fd, _CHUNK, table))
+
+    def have(end: int) -> None:
+        """Read on until ``buffer`` holds the table's first ``end`` bytes."""
+        while end > len(buffer):
+            if end > _MAX_TABLE_BYTES:
+                raise ValueError("snapshot table larger than QEMU allows: a damaged header")
+            # doubling: a big table takes a few reads, not one per 4 KiB
+            more = os.pread(fd, max(_CHUNK, end - len(buffer), len(buffer)), table + len(buffer))
+            if not more:
+                raise ValueError("snapshot table past the end of the file")
+            buffer.extend(more)
+
     snapshots: list[dict[str, Any]] = []
     offset = 0
     for _ in range(count):
-        if offset + _ENTRY.size > len(buffer):
-            buffer += os.pread(fd, max(_CHUNK, _ENTRY.size), table + len(buffer))
+        have(offset + _ENTRY.size)
         (_, _, id_size, name_size, _, _, _, vm_state, extra_size) = _ENTRY.unpack_from(buffer, offset)
         size = _ENTRY.size + extra_size + id_size + name_size
-        while offset + size > len(buffer):  # the last entry's padding may be missing
-            more = os.pread(fd, max(_CHUNK, size), table + len(buffer))
-            if not more:
-                raise ValueError("snapshot table past the end of the file")
-            buffer += more
+        have(offset + size)  # the last entry's padding may be missing
         if extra_size >= _LARGE_VM_STATE.size:
             (vm_state,) = _LARGE_VM_STATE.unpack_from(buffer, offset + _ENTRY.size)
         start = offset + _ENTRY.size + extra_size + id_size
