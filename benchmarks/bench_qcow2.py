@@ -21,7 +21,8 @@ Each figure is the median of 30 rounds (60 in a full run; a 16-disk round
 takes a fraction of a second, and this machine is noisy), snapshots deleted
 between rounds (untimed).  ``ratio_vs_transaction`` is the median of the
 rounds' own ratios (snaptree's create over the transaction of the same
-round); ``ratio_of_medians`` divides the two medians instead.  ``measure(quick)`` returns plain numbers and ratios; run
+round); ``ratio_of_medians`` divides the two medians instead.
+``measure(quick)`` returns plain numbers and ratios; run
 ``python -m benchmarks.bench_qcow2`` to print them.
 """
 

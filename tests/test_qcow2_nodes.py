@@ -19,10 +19,14 @@ from snaptree_qcow2.header import read_header, snapshot_names
 pytestmark = [pytest.mark.qemu]
 
 
-def _qemu_img_tags(image: str) -> list[str]:
+def _qemu_img_info(image: str) -> dict:
     out = subprocess.run(["qemu-img", "info", "-U", "--output=json", image],
                          capture_output=True, text=True, check=True).stdout
-    return [s["name"] for s in json.loads(out).get("snapshots", [])]
+    return json.loads(out)
+
+
+def _qemu_img_tags(image: str) -> list[str]:
+    return [s["name"] for s in _qemu_img_info(image).get("snapshots", [])]
 
 
 @pytest.fixture
@@ -68,8 +72,7 @@ def test_header_backing_and_vm_state_match_qemu_img(tmp_path):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base,
                     str(absolute)], check=True)
     for path in (base, str(relative), str(absolute)):
-        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", path], check=True,
-                                         capture_output=True, text=True).stdout)
+        info = _qemu_img_info(path)
         header = read_header(path)
         assert header is not None
         assert header.backing == info.get("backing-filename")
@@ -87,9 +90,7 @@ def test_header_reads_the_vm_state_size_a_memory_snapshot_saved(tmp_path):
                                               "devices": ["disk0"]}, "save")
     finally:
         vm.kill()
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", images[0]], check=True,
-                                     capture_output=True, text=True).stdout)
-    [saved] = info["snapshots"]
+    [saved] = _qemu_img_info(images[0])["snapshots"]
     assert saved["vm-state-size"] > 0
     assert read_header(images[0]).snapshots == [{"name": "withram",
                                                   "vm-state-size": saved["vm-state-size"]}]
