@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import time
@@ -18,6 +19,7 @@ from .errors import Busy, StateError
 __all__ = ["group_lock", "try_group_lock"]
 
 
+@functools.lru_cache(maxsize=256)  # asked at every operation, the same few each time
 def _lock_path(state_dir: str, group: str) -> str:
     digest = hashlib.sha256(group.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return os.path.join(state_dir, "locks", f"group-{digest}.lock")

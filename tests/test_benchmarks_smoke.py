@@ -237,3 +237,24 @@ def test_discovery_reads_the_hook_and_reports_what_it_cannot_run(tmp_path, monke
     # built-in provisioners whose backend is not loaded are listed, not dropped
     assert "not installed" in variants["qcow2@ext4"].skipped
     assert variants["raw@ext4" if os.geteuid() == 0 else "raw@dir"].source == "builtin"
+
+
+def test_qcow2_bench_runs_whole_order_cycles_and_checks_each_16_disk_set(tmp_path):
+    """One real round cycle on one disk; the issue's targets are judged per disk set."""
+    from benchmarks import bench_qcow2
+
+    with pytest.raises(ValueError, match="multiple of 6"):
+        bench_qcow2._disks(str(tmp_path), 1, rounds=7)
+    figures = bench_qcow2._disks(str(tmp_path), 1, rounds=6)
+    assert {"snaptree", "transaction", "separate", "qemu_img", "ratio_vs_transaction",
+            "qemu_img_over_snaptree"} <= set(figures)
+    assert all(value > 0 for value in figures.values())
+    slow = dict(figures, ratio_vs_transaction=1.2, qemu_img_over_snaptree=3.5)
+    fast = dict(figures, ratio_vs_transaction=1.1, qemu_img_over_snaptree=2.5)
+    assert bench_qcow2.targets({"disks": {1: figures, 16: slow}, "disks_cache_none": {16: fast},
+                                "memory": {}}) == {
+        "16 disks, small empty images: <= 1.15x transaction": False,
+        "16 disks, small empty images: >= 3x faster than qemu-img": True,
+        "16 disks, VM disks, cache=none: <= 1.15x transaction": True,
+        "16 disks, VM disks, cache=none: >= 3x faster than qemu-img": False,
+    }

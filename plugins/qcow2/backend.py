@@ -10,6 +10,7 @@ default) or ``external`` (overlays), chosen by the group option
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from snaptree import (
@@ -31,7 +32,7 @@ from snaptree.names import check_abs_path
 from . import launch, memory, restart
 from .layout import (PARTIAL, active_image, memory_path, overlay_path, pause_marker, set_active,
                      snapshot_dir)
-from .live import LiveOps, block_nodes
+from .live import LiveOps, block_nodes, stamp_of
 from .offline import Chain, OfflineOps, internal_member
 from .qemuimg import QemuImg
 from .qmp import QMPSession, reachable
@@ -44,6 +45,8 @@ MODES = ("internal", "external")
 _SHARED = "qcow2.session"
 #: ctx.scratch key: each volume's active image, as a create's prepare read it
 _ACTIVES = "qcow2.actives"
+#: ctx.scratch key: each active image's stamp (live.stamp_of), as prepare saw it
+_STAMPS = "qcow2.stamps"
 
 
 class _Connection:
@@ -128,15 +131,23 @@ class Qcow2Backend(VolumeBackend):
         self.qemu_img.runner.which("qemu-img")
         # The format was checked when the volume was claimed; a qemu-img run
         # per disk here would cost more than the snapshot itself.
-        actives = {}
+        actives, stamps = {}, {}
         for volume in volumes:
             active = actives[volume.locator] = active_image(volume.locator)
-            if not os.path.isfile(active):
+            try:
+                found = os.stat(active)
+            except OSError:
+                found = None
+            if found is None or not stat.S_ISREG(found.st_mode):
                 raise VolumeNotFound(f"qcow2 image {active} does not exist")
+            stamps[active] = stamp_of(found)
         if operation == "snapshot":
             self._mode(ctx)
-            # a create prepares under the group's lock: the images stay these
+            # A create prepares under the group's lock: the images stay
+            # these, and what they were like now tells which of them the
+            # transaction writes (see LiveOps.snapshot).
             ctx.scratch[_ACTIVES] = actives
+            ctx.scratch[_STAMPS] = stamps
             return
         if operation == "revert":
             self._check_revert(ctx, ctx.scratch.get("members", []))
@@ -215,7 +226,8 @@ class Qcow2Backend(VolumeBackend):
                 return [internal_member(v, ctx.snapshot_id, active_image(v.locator),
                                         vm_state=(i == 0)) for i, v in enumerate(volumes)]
             return live.snapshot(session, volumes, ctx.snapshot_id, mode,
-                                 actives=ctx.scratch.get(_ACTIVES))
+                                 actives=ctx.scratch.get(_ACTIVES),
+                                 stamps=ctx.scratch.get(_STAMPS))
 
     def revert(self, members, ctx):
         plan = ctx.scratch.pop("qcow2.plan", None) or self._revert_plan(ctx, members)

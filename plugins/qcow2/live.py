@@ -82,14 +82,22 @@ def _match(nodes: dict[str, str], files: Sequence[str]) -> list[str | None]:
     return found
 
 
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    """What a write to ``path`` changes (modification and change times, size);
-    ``None`` when it cannot be read.  The inode is cached: no disk read."""
+#: what :func:`stamp_of` returns
+Stamp = tuple[int, int, int]
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    """What a write to a file changes: its modification and change times, its size."""
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
+def _stamp(path: str) -> Stamp | None:
+    """:func:`stamp_of` ``path``, ``None`` when it cannot be read.  The inode
+    is cached: no disk read."""
     try:
-        st = os.stat(path)
+        return stamp_of(os.stat(path))
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def _node_name(snapshot_id: str, index: int) -> str:
@@ -158,15 +166,18 @@ class LiveOps:
     # -- snapshot -------------------------------------------------------------
 
     def snapshot(self, session: QMPSession, volumes: Sequence[Volume], snapshot_id: str,
-                 mode: str, *, actives: Mapping[str, str] | None = None) -> list[MemberSnapshot]:
+                 mode: str, *, actives: Mapping[str, str] | None = None,
+                 stamps: Mapping[str, Stamp] | None = None) -> list[MemberSnapshot]:
         """Snapshot ``volumes`` in one transaction; ``actives`` maps each locator
-        to its active image when the caller has read them under the group's lock."""
+        to its active image when the caller has read them under the group's
+        lock, ``stamps`` each active image to its :func:`stamp_of` taken then."""
         actives = [actives[v.locator] if actives and v.locator in actives
                    else active_image(v.locator) for v in volumes]
         if mode == "internal":
             tops = self._recall(session, actives)
             if tops is not None:
-                members = self._internal_on_recalled(session, volumes, actives, tops, snapshot_id)
+                members = self._internal_on_recalled(session, volumes, actives, tops, snapshot_id,
+                                                     stamps or {})
                 if members is not None:
                     return members
         tops = self.top_nodes(session, volumes, actives)
@@ -200,12 +211,17 @@ class LiveOps:
         return members
 
     def _internal_on_recalled(self, session: QMPSession, volumes: Sequence[Volume],
-                              actives: Sequence[str], tops: list[str],
-                              snapshot_id: str) -> list[MemberSnapshot] | None:
-        """Snapshot into remembered nodes; None when they proved stale (nothing is left made)."""
+                              actives: Sequence[str], tops: list[str], snapshot_id: str,
+                              known: Mapping[str, Stamp]) -> list[MemberSnapshot] | None:
+        """Snapshot into remembered nodes; None when they proved stale (nothing is left made).
+
+        ``known``: stamps of active images taken earlier under the group's
+        lock; a guest write since then makes an image count as written by
+        the transaction, as a write during it does.
+        """
         actions = [{"type": "blockdev-snapshot-internal-sync",
                     "data": {"device": node, "name": snapshot_id}} for node in tops]
-        stamps = [_stamp(a) for a in actives]
+        stamps = [known[a] if a in known else _stamp(a) for a in actives]
         try:
             session.execute("transaction", {"actions": actions})
         except QMPFailed:
