@@ -200,6 +200,38 @@ def test_interrupted_thin_swap_is_finished_by_recover(api, make_lv, lvm_vg, monk
     assert len(_listed(api, spec)) == 1
 
 
+def test_recover_makes_again_the_node_a_crash_lost(api, make_lv, lvm_vg, monkeypatch):
+    """A thin swap stopped after its renames (the parked origin not yet
+    removed) whose /dev/VG/LV link is gone, as a kill inside ``lvrename`` can
+    leave it: recover removes the leftover and makes the node again."""
+    vg, lv, device = make_lv(8, thin=True)
+    api.create_group("g", [f"lvm:{vg}/{lv}"])
+    write_pattern(device, 1)
+    wanted = digest_device(device)
+    api.create("g", "one")
+    write_pattern(device, 2)
+    runner = _backend(api).commands.runner
+    real_run = runner.run
+
+    def failing_run(argv, **kwargs):
+        if "lvremove" in argv and ".snaptree-old." in argv[-1]:
+            raise runner.failure(argv, 5, "injected: killed before the old LV went")
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(runner, "run", failing_run)
+    with pytest.raises(CommandFailed, match="injected"):
+        api.revert("g", "one")
+    monkeypatch.setattr(runner, "run", real_run)
+    assert lvm_vg.cmds.lv(vg, lv).is_active
+    os.unlink(device)  # the node the crash lost
+    report = api.recover("g")
+    assert report.errors == []
+    assert any(line.endswith(".snaptree-old." + api.info("g", "one").snapshot_id)
+               and "removed leftover" in line for line in report.actions), report.actions
+    assert os.path.exists(device)
+    assert digest_device(device) == wanted
+
+
 def _write_mbr(device: str, partitions: list[tuple[int, int]]) -> None:
     """A DOS partition table of Linux partitions given as (first sector, sectors).
 

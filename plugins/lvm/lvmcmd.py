@@ -23,6 +23,7 @@ import attrs
 from snaptree.errors import (
     BackendError,
     CommandFailed,
+    DeviceTimeout,
     OutOfSpace,
     PermissionDenied,
     VolumeInUse,
@@ -33,6 +34,8 @@ from snaptree.runner import CommandRunner
 
 #: seconds to wait for an activated LV's device node
 ACTIVATION_TIMEOUT = 20.0
+#: seconds an active LV's node may be late before LVM is asked to make it again
+NODE_GRACE = 2.0
 
 __all__ = ["LvmCommands", "LvInfo", "LV_FIELDS", "udev_running", "map_lvm_failure"]
 
@@ -291,8 +294,20 @@ class LvmCommands:
         self.wait_node(vg, lv)
 
     def wait_node(self, vg: str, lv: str) -> None:
-        """Return once the node of active LV ``vg/lv`` is there (a rename moves it)."""
-        wait_for_block_devices([f"/dev/{vg}/{lv}"], timeout=ACTIVATION_TIMEOUT)
+        """Return once the node of active LV ``vg/lv`` is there (a rename moves it).
+
+        udev or libdevmapper makes it within moments.  One still missing
+        after ``NODE_GRACE`` seconds was lost (a process killed inside
+        ``lvrename``, a node deleted by hand): ``vgmknodes`` makes it again.
+        """
+        path = f"/dev/{vg}/{lv}"
+        try:
+            wait_for_block_devices([path], timeout=NODE_GRACE)
+            return
+        except DeviceTimeout:
+            pass
+        self.lvm("vgmknodes", f"{vg}/{lv}")
+        wait_for_block_devices([path], timeout=ACTIVATION_TIMEOUT)
 
     def deactivate(self, vg: str, lv: str) -> None:
         self.lvm("lvchange", "-an", f"{vg}/{lv}")

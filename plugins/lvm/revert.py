@@ -118,8 +118,9 @@ def finish_thin(cmds: LvmCommands, vg: str, lv: str,
     if current is not None and not current.is_active and not current.skips_activation:
         cmds.activate(vg, lv, ignore_skip=False)
     elif current is not None and current.is_active:
-        # renamed while active: udev (or libdevmapper) moves the node; a
-        # caller opening the volume right after recover must find it
+        # renamed while active: udev (or libdevmapper) moves the node, and
+        # one a crash lost is made again; a caller opening the volume right
+        # after recover must find it
         cmds.wait_node(vg, lv)
     return lines
 
