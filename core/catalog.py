@@ -346,6 +346,12 @@ class Catalog:
         db.execute("UPDATE journal SET status=?, finished=?, error=? WHERE op_id=?",
                    (status, time.time(), error, op_id))
 
+    def has_open_journal(self, group: str) -> bool:
+        """True when ``group`` has an unfinished operation (asked before each one)."""
+        return self.conn.execute(
+            "SELECT 1 FROM journal WHERE status='open' AND group_name=? LIMIT 1",
+            (group,)).fetchone() is not None
+
     def journal_open(self, group: str | None = None) -> list[JournalEntry]:
         sql = "SELECT * FROM journal WHERE status='open'"
         args: tuple = ()

@@ -75,7 +75,7 @@ def recover(coord: Coordinator, group_name: str | None = None) -> RecoveryReport
             continue
         with try_group_lock(coord.state_dir, name) as taken:
             if not taken:
-                if catalog.journal_open(name):
+                if catalog.has_open_journal(name):
                     report.skipped_groups.append(name)
                 continue
             try:
@@ -93,7 +93,7 @@ def stale_epochs(catalog, group_name: str) -> list[str]:
 
 def needs_recovery(catalog, group_name: str) -> bool:
     """True when the group has open journal entries or creates a reboot may have orphaned."""
-    return bool(catalog.journal_open(group_name)) or bool(stale_epochs(catalog, group_name))
+    return catalog.has_open_journal(group_name) or bool(stale_epochs(catalog, group_name))
 
 
 def _recover_group(coord: Coordinator, group: Group, report: RecoveryReport) -> None:

@@ -73,3 +73,19 @@ def test_read_only_state_dir(tmp_path):
         pytest.skip("root ignores file modes; covered by the read-only mount test")
     with pytest.raises(PermissionDenied):
         Snaptree(str(state))
+
+
+def test_open_journal_is_per_group_and_ends_with_the_entry(tmp_path):
+    cat = Catalog(str(tmp_path / "c.sqlite"))
+    with cat.write("test") as db:
+        done = cat.journal_begin("a", "create", None, {}, db)
+        cat.journal_finish(done, "done", db)
+    assert not cat.has_open_journal("a")
+    with cat.write("test") as db:
+        open_id = cat.journal_begin("a", "delete", None, {}, db)
+    assert cat.has_open_journal("a") and not cat.has_open_journal("b")
+    assert [e["op_id"] for e in cat.journal_open("a")] == [open_id]
+    with cat.write("test") as db:
+        cat.journal_finish(open_id, "failed", db, error="x")
+    assert not cat.has_open_journal("a")
+    cat.close()
