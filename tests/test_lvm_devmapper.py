@@ -168,42 +168,10 @@ def test_deferred_thick_merge_is_reported_and_finished_by_recover(api, make_lv, 
     assert digest_device(device) == wanted
 
 
-def test_interrupted_thin_swap_is_finished_by_recover(api, make_lv, lvm_vg, monkeypatch):
-    vg, lv, device = make_lv(8, thin=True)
-    spec = f"lvm:{vg}/{lv}"
-    api.create_group("g", [spec])
-    write_pattern(device, 1)
-    wanted = digest_device(device)
-    api.create("g", "one")
-    write_pattern(device, 2)
-    runner = _backend(api).commands.runner
-    real_run = runner.run
-
-    def failing_run(argv, **kwargs):
-        # fault: the new LV never gets the origin's name (a crash between the renames)
-        if "lvrename" in argv and argv[-1] == lv:
-            raise runner.failure(argv, 5, "injected: crash between the renames")
-        return real_run(argv, **kwargs)
-
-    monkeypatch.setattr(runner, "run", failing_run)
-    with pytest.raises(CommandFailed, match="injected"):
-        api.revert("g", "one")
-    monkeypatch.setattr(runner, "run", real_run)
-    names = set(lvm_vg.cmds.lv_map(vg))
-    assert lv not in names, "the fault left the origin parked"
-    report = api.recover("g")
-    assert report.errors == []
-    assert any("finished an interrupted revert" in line for line in report.actions)
-    assert digest_device(device) == wanted
-    leftovers = [n for n in lvm_vg.cmds.lv_map(vg) if n.startswith(lv + ".snaptree-")]
-    assert leftovers == []
-    assert len(_listed(api, spec)) == 1
-
-
-def test_recover_makes_again_the_node_a_crash_lost(api, make_lv, lvm_vg, monkeypatch):
-    """A thin swap stopped after its renames (the parked origin not yet
-    removed) whose /dev/VG/LV link is gone, as a kill inside ``lvrename`` can
-    leave it: recover removes the leftover and makes the node again."""
+def _revert_stopped_at(api, make_lv, monkeypatch, stop):
+    """A thin LV with snapshot "one" (of pattern 1, then overwritten) whose
+    revert fails at the first command ``stop(argv)`` picks, as a crash there
+    would leave it.  Returns (vg, lv, device, digest of pattern 1)."""
     vg, lv, device = make_lv(8, thin=True)
     api.create_group("g", [f"lvm:{vg}/{lv}"])
     write_pattern(device, 1)
@@ -214,14 +182,39 @@ def test_recover_makes_again_the_node_a_crash_lost(api, make_lv, lvm_vg, monkeyp
     real_run = runner.run
 
     def failing_run(argv, **kwargs):
-        if "lvremove" in argv and ".snaptree-old." in argv[-1]:
-            raise runner.failure(argv, 5, "injected: killed before the old LV went")
+        if stop(argv, lv):
+            raise runner.failure(argv, 5, "injected: stopped here")
         return real_run(argv, **kwargs)
 
     monkeypatch.setattr(runner, "run", failing_run)
     with pytest.raises(CommandFailed, match="injected"):
         api.revert("g", "one")
     monkeypatch.setattr(runner, "run", real_run)
+    return vg, lv, device, wanted
+
+
+def test_interrupted_thin_swap_is_finished_by_recover(api, make_lv, lvm_vg, monkeypatch):
+    # the new LV never gets the origin's name (a crash between the renames)
+    vg, lv, device, wanted = _revert_stopped_at(
+        api, make_lv, monkeypatch, lambda argv, lv: "lvrename" in argv and argv[-1] == lv)
+    names = set(lvm_vg.cmds.lv_map(vg))
+    assert lv not in names, "the fault left the origin parked"
+    report = api.recover("g")
+    assert report.errors == []
+    assert any("finished an interrupted revert" in line for line in report.actions)
+    assert digest_device(device) == wanted
+    leftovers = [n for n in lvm_vg.cmds.lv_map(vg) if n.startswith(lv + ".snaptree-")]
+    assert leftovers == []
+    assert len(_listed(api, f"lvm:{vg}/{lv}")) == 1
+
+
+def test_recover_makes_again_the_node_a_crash_lost(api, make_lv, lvm_vg, monkeypatch):
+    """A thin swap stopped after its renames (the parked origin not yet
+    removed) whose /dev/VG/LV link is gone, as a kill inside ``lvrename`` can
+    leave it: recover removes the leftover and makes the node again."""
+    vg, lv, device, wanted = _revert_stopped_at(
+        api, make_lv, monkeypatch,
+        lambda argv, lv: "lvremove" in argv and ".snaptree-old." in argv[-1])
     assert lvm_vg.cmds.lv(vg, lv).is_active
     os.unlink(device)  # the node the crash lost
     report = api.recover("g")
