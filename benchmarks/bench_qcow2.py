@@ -22,9 +22,9 @@ them (``CACHE_NONE``)):
 Each figure is the median of 30 rounds (60 in a full run; 24 and 48 for the
 1 GiB sets; always a multiple of the six orders; a 16-disk round takes a
 fraction of a second, and this machine is noisy), snapshots deleted between
-rounds (untimed); ``qemu_img`` of 8.  ``ratio_vs_transaction`` is the median of the
-rounds' own ratios (snaptree's create over the transaction of the same
-round); ``ratio_of_medians`` divides the two medians instead.  ``targets``
+rounds (untimed); ``qemu_img`` of 8.  ``ratio_vs_transaction`` is the
+median of the rounds' own ratios (snaptree's create over the transaction of
+the same round); ``ratio_of_medians`` divides the two medians instead.  ``targets``
 checks the issue's two targets (at most 1.15x the transaction, at least 3x
 faster than ``qemu-img``) on every 16-disk set: snaptree's own part is a few
 fixed milliseconds, so on the small empty images, where QEMU is quickest,
@@ -125,23 +125,19 @@ def _disks(directory: str, count: int, rounds: int = ORDERS, *, size: str = "16M
     out = {name: statistics.median(times) for name, times in samples.items()}
     out["snaptree_first"] = samples["snaptree"][0]
 
-    def opened(image: str, direct: bool) -> list[str]:
-        if not direct:
+    def opened(image: str, o_direct: bool) -> list[str]:
+        if not o_direct:
             return [image]
         return ["--image-opts", f"driver=qcow2,file.driver=file,file.filename={image},"
                                 "file.cache.direct=on"]
 
-    def qemu_img_runs(direct: bool) -> float:
-        def create(i: int) -> None:
+    def qemu_img_runs(o_direct: bool) -> float:
+        def every_image(flag: str, i: int) -> None:
             for image in images:
-                subprocess.run(["qemu-img", "snapshot", "-c", f"q{i}", *opened(image, direct)],
+                subprocess.run(["qemu-img", "snapshot", flag, f"q{i}", *opened(image, o_direct)],
                                check=True)
-
-        def delete(i: int) -> None:
-            for image in images:
-                subprocess.run(["qemu-img", "snapshot", "-d", f"q{i}", *opened(image, direct)],
-                               check=True)
-        return _median(min(rounds, 8), create, delete)
+        return _median(min(rounds, 8), lambda i: every_image("-c", i),
+                       lambda i: every_image("-d", i))
 
     # ``qemu-img snapshot -c`` as one types it (its default cache mode); for
     # O_DIRECT disks also opened the way QEMU had them, which costs it more.
@@ -210,7 +206,7 @@ def _memory(directory: str, mib: int, mode: str) -> dict[str, float]:
 #: VM-sized disks holding data, as QEMU opens them by default (through the
 #: host's page cache).  A snapshot's cost grows with what the image holds
 #: (every allocated cluster's refcount goes up), so a 16-disk transaction
-#: takes about 1.7x as long as on the small empty images of the first set.
+#: takes about 1.3x as long as on the small empty images of the first set.
 VM_DISKS = {"size": "1G", "written": "64M", "direct": False}
 #: The same disks opened with O_DIRECT (``cache=none``, what libvirt advises
 #: for migratable VMs).  QEMU's flushes then reach the disk: 2.5x as long as
