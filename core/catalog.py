@@ -13,7 +13,10 @@ import json
 import os
 import sqlite3
 import time
+import types
 from typing import Any, Iterator
+
+import attrs
 
 from . import faults
 from .errors import CatalogCorrupt, PermissionDenied, StateError
@@ -87,6 +90,8 @@ class Catalog:
 
     def __init__(self, path: str):
         self.path = path
+        #: (name, rowid, created) -> the group as added, without its current snapshot
+        self._definitions: dict[tuple, Group] = {}
         directory = os.path.dirname(path) or "."
         if not os.access(directory, os.W_OK):
             raise PermissionDenied(f"state directory {directory} is not writable")
@@ -190,19 +195,28 @@ class Catalog:
         return self.conn.execute("SELECT 1 FROM groups WHERE name=?", (name,)).fetchone() is not None
 
     def get_group(self, name: str) -> Group | None:
-        row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
+        row = self.conn.execute(
+            "SELECT g.rowid, g.created, g.current_id, s.name FROM groups g LEFT JOIN snapshots s"
+            " ON s.snapshot_id = g.current_id WHERE g.name=?", (name,)).fetchone()
         if row is None:
             return None
+        # A group's definition never changes once it is added; the same name
+        # added again after a delete is another row (its rowid, its time).
+        key = (name, row[0], row[1])
+        defined = self._definitions.get(key)
+        if defined is None:
+            defined = self._definitions[key] = self._definition(name)
+        return attrs.evolve(defined, current=row[3] if row[2] else None, current_id=row[2])
+
+    def _definition(self, name: str) -> Group:
+        row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
         volumes = tuple(
             Volume(r["backend"], r["locator"]) for r in self.conn.execute(
                 "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position", (name,)))
-        current = None
-        if row["current_id"]:
-            cur = self.conn.execute("SELECT name FROM snapshots WHERE snapshot_id=?",
-                                    (row["current_id"],)).fetchone()
-            current = cur[0] if cur else None
+        # shared by every Group this catalog returns for it: read-only
         return Group(name=row["name"], volumes=volumes, qmp_socket=row["qmp_socket"],
-                     options=json.loads(row["options"]), created=row["created"], current=current)
+                     options=types.MappingProxyType(json.loads(row["options"])),
+                     created=row["created"])
 
     # -- unsynced creates, per boot (see snaptree.boot) ----------------------
 

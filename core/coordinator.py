@@ -193,7 +193,7 @@ class Coordinator:
             ctx = self.context(group, snapshot_id, name, options)
             batches = batches_for(self.plugins, group.volumes)
             self._prepare("snapshot", batches, ctx)
-            parent_id = self.catalog.current_id(group_name)
+            parent_id = group.current_id
             pending = Snapshot(snapshot_id=snapshot_id, group=group_name, name=name,
                                parent=parent_id, created=time.time(), description=description,
                                state=SnapshotState.PENDING, options=options)

@@ -87,6 +87,7 @@ class Group:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     created: float = 0.0
     current: str | None = None  # name of the current snapshot
+    current_id: str | None = None  # and its id
 
 
 class SnapshotState(str, enum.Enum):

@@ -11,6 +11,7 @@ import pytest
 from snaptree import Snaptree
 from snaptree.catalog import SCHEMA_VERSION, Catalog
 from snaptree.errors import PermissionDenied, StateError
+from snaptree.model import Group, Snapshot, SnapshotState, Volume
 
 
 def test_state_dir_and_catalog_are_private(tmp_path):
@@ -89,3 +90,27 @@ def test_open_journal_is_per_group_and_ends_with_the_entry(tmp_path):
         cat.journal_finish(open_id, "failed", db, error="x")
     assert not cat.has_open_journal("a")
     cat.close()
+
+
+def test_a_group_added_again_elsewhere_is_read_afresh(tmp_path):
+    """Group definitions are kept per catalog; another connection deleting
+    the group and adding one of the same name must not leave the old one."""
+    path = str(tmp_path / "c.sqlite")
+    ours, theirs = Catalog(path), Catalog(path)
+    ours.add_group(Group("g", (Volume("raw", "/a.img"),), options={"k": "1"}, created=1.0))
+    first = ours.get_group("g")
+    assert first.volumes == (Volume("raw", "/a.img"),) and first.current is None
+    with pytest.raises(TypeError):
+        first.options["k"] = "2"  # shared with later reads: read-only
+    theirs.delete_group("g")
+    theirs.add_group(Group("g", (Volume("raw", "/b.img"),), options={"k": "3"}, created=2.0))
+    again = ours.get_group("g")
+    assert again.volumes == (Volume("raw", "/b.img"),) and dict(again.options) == {"k": "3"}
+    with theirs.write("test") as db:
+        theirs.add_pending_snapshot(Snapshot(snapshot_id="s1", group="g", name="one", parent=None,
+                                             created=3.0, description="",
+                                             state=SnapshotState.COMPLETE), db)
+        theirs.set_current("g", "s1", db)
+    assert (ours.get_group("g").current, ours.get_group("g").current_id) == ("one", "s1")
+    ours.close()
+    theirs.close()
