@@ -2,8 +2,9 @@
 
 Every call goes through one :class:`snaptree.runner.CommandRunner` (argument
 lists, timing, fault injection).  A failure to take QEMU's image lock becomes
-:class:`~snaptree.errors.VolumeInUse` with a hint to name the QMP socket,
-because that is the one mistake users make here.
+:class:`~snaptree.errors.VolumeInUse` with a hint to make the group with
+its QMP socket (``group create --qmp``; no command adds one later), because
+that is the one mistake users make here.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class QemuImg:
         except CommandFailed as err:
             if any(marker in err.stderr for marker in LOCK_MARKERS):
                 raise VolumeInUse(
-                    f"qcow2: {image} is in use by a running QEMU; give the group its QMP "
-                    "socket (--qmp-socket) so snaptree works through QEMU",
+                    f"qcow2: {image} is in use by another process (a running QEMU?); stop it, "
+                    "or, for a VM's own disks, work through its QMP socket: a group made with "
+                    "'snaptree group create NAME SPEC... --qmp SOCKET'",
                     detail=err.stderr) from err
             raise
 
