@@ -25,7 +25,8 @@ from snaptree import (
     VolumeBackend,
     hookimpl,
 )
-from snaptree.errors import BackendError, InvalidInput, NotSupported, VolumeNotFound
+from snaptree.errors import (BackendError, InvalidInput, NotFound, NotSupported, SnaptreeError,
+                             VolumeNotFound)
 from snaptree import faults, vm
 from snaptree.names import check_abs_path
 
@@ -33,7 +34,7 @@ from . import launch, memory, restart
 from .layout import (PARTIAL, active_image, memory_path, overlay_path, pause_marker, set_active,
                      snapshot_dir)
 from .live import LiveOps, block_nodes, stamp_of
-from .offline import Chain, OfflineOps, internal_member
+from .offline import Chain, OfflineOps, internal_member, tag_holder
 from .qemuimg import QemuImg
 from .qmp import QMPSession, reachable
 
@@ -150,8 +151,14 @@ class Qcow2Backend(VolumeBackend):
             ctx.scratch[_STAMPS] = stamps
             return
         if operation == "revert":
-            self._check_revert(ctx, ctx.scratch.get("members", []))
+            members = ctx.scratch.get("members", [])
+            self._check_revert(ctx, members)
+            self._check_revert_sources(ctx, members)
+            if ctx.scratch["qcow2.plan"] == "offline":
+                self._check_free(self._revert_writes(members))
         if operation == "delete":
+            if self._live(ctx.group, ctx) is None:
+                self._check_free(self._delete_writes(ctx.scratch.get("members", [])))
             blocked = self._needs_vm_down(ctx, ctx.scratch.get("members", []))
             if blocked and self._startable(ctx) is None:
                 raise NotSupported(
@@ -209,6 +216,63 @@ class Qcow2Backend(VolumeBackend):
                     f"{ctx.group.qmp_socket}; {start_it}give the group a launch recipe "
                     f"(-o {launch.OPTION}=FILE) so snaptree can start the VM")
 
+    def _check_revert_sources(self, ctx: OpContext, members) -> None:
+        """Refuse, before anything changes, a revert to a tag or overlay that is gone,
+        or to memory QEMU cannot load."""
+        snapshot = ctx.scratch.get("snapshot")
+        loads_memory = bool(ctx.option("memory") and snapshot is not None
+                            and snapshot.memory is not None and snapshot.memory.kind == "internal")
+        for member in members:
+            chain = Chain(self.qemu_img, member.locator)
+            if member.data.get("mode") == "internal":
+                active = active_image(member.locator)
+                holder = tag_holder(chain, member, active)
+                if holder != active and loads_memory:
+                    raise NotSupported(
+                        f"qcow2: the VM memory of {ctx.snapshot_name!r} lies in {holder}, which a "
+                        "later external snapshot froze, and QEMU loads memory only from the "
+                        "image it runs on; revert with --disks-only to get the disks back (the "
+                        "VM boots afresh)")
+                continue
+            overlay = overlay_path(member.locator, member.snapshot_id)
+            if chain.backing.get(overlay) is None:
+                raise NotFound(f"qcow2: overlay {overlay} of snapshot {ctx.snapshot_name!r} is "
+                               "missing or has lost its backing image")
+
+    def _revert_writes(self, members) -> list[str]:
+        """Images an offline revert writes or reads whole: each active image, and
+        the image holding an internal tag when that is not the active one."""
+        images = []
+        for member in members:
+            active = active_image(member.locator)
+            images.append(active)
+            if member.data.get("mode") == "internal":
+                holder = tag_holder(Chain(self.qemu_img, member.locator), member, active)
+                if holder != active:
+                    images.append(holder)
+        return images
+
+    def _delete_writes(self, members) -> list[str]:
+        """Images an offline delete writes: the tag's holders, or the overlay,
+        its base and the images built on it."""
+        images = []
+        for member in members:
+            chain = Chain(self.qemu_img, member.locator)
+            if member.data.get("mode") == "internal":
+                images += [p for p, tags in chain.tags.items()
+                           if member.ref in [t["name"] for t in tags]]
+                continue
+            overlay = overlay_path(member.locator, member.snapshot_id)
+            frozen = chain.backing.get(overlay)
+            if frozen is not None:
+                images += [overlay, frozen, *chain.children(overlay)]
+        return images
+
+    def _check_free(self, images) -> None:
+        """Raise ``VolumeInUse`` if another process holds any of ``images`` for writing."""
+        for image in dict.fromkeys(images):
+            self.qemu_img.check_writable(image)
+
     def _startable(self, ctx: OpContext) -> str | None:
         if ctx.hook is not None:
             return ctx.hook.snaptree_vm_startable(group=ctx.group)
@@ -250,8 +314,15 @@ class Qcow2Backend(VolumeBackend):
             if self._startable(ctx) is None:
                 self._check_revert(ctx, members)  # ``recover`` skips prepare: refuse here
             self._shut_down(ctx)
-        for member in members:
-            self.offline.revert(member)
+        reverted: list[str] = []
+        try:
+            for member in members:
+                self.offline.revert(member)
+                reverted.append(member.locator)
+        except SnaptreeError as err:
+            if reverted:
+                err.message += f" (qcow2 disks already reverted: {', '.join(reverted)})"
+            raise
         if plan == "restart" and not ctx.scratch.get("vm_hooks"):
             # ``recover``: no resume hook follows; start (and load any
             # memory file) now

@@ -28,7 +28,7 @@ from .layout import (
 )
 from .qemuimg import QemuImg
 
-__all__ = ["Chain", "OfflineOps"]
+__all__ = ["Chain", "OfflineOps", "tag_holder"]
 
 
 class Chain:
@@ -61,6 +61,19 @@ class Chain:
 
     def snaptree_tags(self, path: str) -> list[str]:
         return [t["name"] for t in self.tags.get(path, []) if len(t["name"]) == 16]
+
+
+def tag_holder(chain: Chain, member: MemberSnapshot, active: str) -> str:
+    """The image holding internal snapshot ``member``: the active one if it
+    does, else the one below it (an external snapshot taken later froze it)."""
+    holders = [p for p, tags in chain.tags.items() if member.ref in [t["name"] for t in tags]]
+    if not holders:
+        raise NotFound(f"qcow2: internal snapshot {member.ref} is missing from "
+                       f"{member.locator} and its overlays")
+    if active in holders:
+        return active
+    recorded = member.data.get("image")
+    return recorded if recorded in holders else holders[0]
 
 
 def internal_member(volume: Volume, snapshot_id: str, image: str, vm_state: bool = False) -> MemberSnapshot:
@@ -112,12 +125,21 @@ class OfflineOps:
 
     def revert(self, member: MemberSnapshot) -> None:
         if member.data.get("mode") == "internal":
-            image = member.data.get("image") or active_image(member.locator)
-            if image != active_image(member.locator):
-                raise NotSupported(
-                    f"qcow2: internal snapshot {member.ref} of {member.locator} lies in {image}, "
-                    "below a later external snapshot; revert to that external snapshot first")
-            self.qemu_img.snapshot_apply(image, member.ref)
+            active = active_image(member.locator)
+            holder = tag_holder(Chain(self.qemu_img, member.locator), member, active)
+            if holder == active:
+                self.qemu_img.snapshot_apply(active, member.ref)
+                return
+            # The tag lies in an image a later external snapshot froze: that
+            # image is the other snapshot's content and must stay as it is.
+            # The VM goes on a copy of the tagged state instead, built on the
+            # same backing, so every branch survives.
+            new = run_overlay_path(member.locator)
+            backing, backing_format = self._backing_of(holder)
+            self.qemu_img.copy_snapshot(holder, member.ref, new + PARTIAL, backing, backing_format)
+            os.rename(new + PARTIAL, new)
+            set_active(member.locator, new)
+            self._discard(member.locator, active)
             return
         # The snapshot's content is whatever its overlay is built on now; a
         # delete of an older snapshot may have renamed that image.
@@ -133,6 +155,16 @@ class OfflineOps:
         os.rename(new + PARTIAL, new)
         set_active(member.locator, new)
         self._discard(member.locator, old)
+
+    def _backing_of(self, image: str) -> tuple[str | None, str | None]:
+        """``image``'s backing file (absolute) and its format."""
+        info = self.qemu_img.info(image)
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        if not backing:
+            return None, None
+        if not os.path.isabs(backing):
+            backing = os.path.join(os.path.dirname(image), backing)
+        return os.path.realpath(backing), info.get("backing-filename-format")
 
     def _discard(self, image: str, old: str) -> None:
         """Drop the content of a former active layer that nothing is built on."""

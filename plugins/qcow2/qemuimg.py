@@ -59,6 +59,20 @@ class QemuImg:
         self._run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2",
                    overlay], overlay)
 
+    def copy_snapshot(self, image: str, tag: str, target: str, backing: str | None,
+                      backing_format: str | None) -> None:
+        """Write internal snapshot ``tag`` of ``image`` to a new qcow2 ``target``.
+
+        With ``backing`` (``image``'s own backing file) the copy is built on
+        it and holds only what ``image`` itself held at the snapshot; the
+        copy has no internal snapshots and no VM state.
+        """
+        argv = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2",
+                "-l", f"snapshot.name={tag}"]
+        if backing:
+            argv += ["-B", backing, "-F", backing_format or "qcow2"]
+        self._run(argv + [image, target], image)
+
     def commit(self, overlay: str) -> None:
         """Merge ``overlay`` into its backing image (the overlay is left empty)."""
         self._run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay], overlay)
