@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -34,6 +35,15 @@ from btrfs_fixtures import (
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 
 ID1, ID2, ID3 = "00000000000000a1", "00000000000000a2", "00000000000000a3"
+
+
+@contextlib.contextmanager
+def _open(path: str):
+    fd = ioctl.open_dir(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def ctx_for(volumes, snapshot_id=ID1, name="s") -> OpContext:
@@ -245,6 +255,100 @@ def test_nested_subvolume_blocks_revert(subvol):
     with pytest.raises(NotSupported, match="nested subvolume"):
         revert(member)
     assert os.path.isdir(os.path.join(subvol, "inner"))
+
+
+def test_nested_subvolume_blocks_snapshot(subvol, tmp_path):
+    make_subvolume(os.path.join(subvol, "inner"))
+    volume = plugin.claim(subvol)
+    with pytest.raises(NotSupported, match="contains 1 nested subvolume"):
+        plugin.prepare("snapshot", [volume], ctx_for([volume]))
+    state = str(tmp_path / "state")
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"btrfs:{subvol}"])
+    done = run_cli(["create", "vm", "s1"], state)
+    assert done.returncode == 7, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "nested subvolume" in done.stderr
+    assert not os.path.exists(snapshot_dir(subvol))
+    with Snaptree(state) as api:
+        assert api.list("vm") == []
+
+
+def _default_id(mountpoint: str) -> int:
+    shown = subprocess.run(["btrfs", "subvolume", "get-default", mountpoint], check=True,
+                           capture_output=True, text=True).stdout
+    return int(shown.split()[1])  # "ID 256 gen ... path NAME"
+
+
+def _set_default(target: str, mountpoint: str | None = None) -> None:
+    argv = ["btrfs", "subvolume", "set-default", target] + ([mountpoint] if mountpoint else [])
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def test_default_subvolume_revert_refused_before_any_change(subvol, btrfs_mount, tmp_path):
+    state = str(tmp_path / "state")
+    write_tree(subvol, 1, files=5)
+    first = digest_tree(subvol)
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"btrfs:{subvol}"])
+        api.create("vm", "s1")
+        write_tree(subvol, 2, files=5)
+        second = digest_tree(subvol)
+        api.create("vm", "s2")
+    _set_default(subvol)
+    default = _default_id(btrfs_mount)
+
+    done = run_cli(["revert", "vm", "s1"], state)
+
+    assert done.returncode == 7, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "is the filesystem's default subvolume" in lines[0], lines
+    assert "set-default" in lines[0]
+    assert digest_tree(subvol) == second
+    assert _default_id(btrfs_mount) == default
+    assert sorted(os.listdir(btrfs_mount)) == [".vm1.snaptree", "vm1"]
+    recovered = run_cli(["recover", "vm"], state)
+    assert recovered.returncode == 0, recovered.stderr
+    with Snaptree(state) as api:
+        assert api.current("vm").name == "s2"
+        assert api.check("vm").clean
+    # with the default moved away, the same revert goes through
+    _set_default("5", btrfs_mount)
+    retry = run_cli(["revert", "vm", "s1"], state)
+    assert retry.returncode == 0, retry.stderr
+    assert digest_tree(subvol) == first
+    assert sorted(os.listdir(btrfs_mount)) == [".vm1.snaptree", "vm1"]
+
+
+def test_eperm_as_root_does_not_blame_privileges(subvol, btrfs_mount):
+    assert os.geteuid() == 0
+    _set_default(subvol)
+    with _open(btrfs_mount) as fd, pytest.raises(OSError) as refused:
+        ioctl.destroy_subvolume(fd, "vm1")  # btrfs will not delete the default subvolume
+    assert refused.value.errno == errno.EPERM
+    mapped = ioctl.map_oserror(refused.value, "deleting vm1")
+    assert isinstance(mapped, PermissionDenied)
+    assert "root" not in str(mapped), str(mapped)
+    assert ioctl.is_subvolume(os.stat(subvol))
+
+
+def test_recover_leaves_an_old_leftover_that_is_the_default(subvol, btrfs_mount):
+    """What an earlier version left after reverting the default subvolume:
+    the replaced tree, still the default, under the old temporary name."""
+    volume = plugin.claim(subvol)
+    leftover = os.path.join(btrfs_mount, ".vm1.snaptree-revert")
+    subprocess.run(["btrfs", "subvolume", "snapshot", subvol, leftover], check=True,
+                   capture_output=True)
+    _set_default(leftover)
+    for _ in range(2):  # every run says so, none fails
+        (line,) = plugin.recover_volume(volume)
+        assert line.startswith(f"left the temporary subvolume {leftover}"), line
+        assert "default subvolume" in line and "set-default" in line
+        assert ioctl.is_subvolume(os.stat(leftover))
+    _set_default("5", btrfs_mount)
+    assert plugin.recover_volume(volume) == [
+        f"removed the temporary subvolume {leftover} of an interrupted revert"]
+    assert not os.path.lexists(leftover)
+    assert plugin.recover_volume(volume) == []
 
 
 def test_missing_snapshot_refused_on_revert(subvol):

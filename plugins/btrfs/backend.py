@@ -114,6 +114,8 @@ class BtrfsBackend(VolumeBackend):
                 target = os.path.join(snapshot_dir(volume.locator), ctx.snapshot_id)
                 if os.path.lexists(target):
                     raise Conflict(f"btrfs: snapshot {target} already exists")
+            if operation in ("snapshot", "revert"):
+                self._refuse_nested(volume.locator)
         if operation == "revert":
             for member in ctx.scratch.get("members", []):
                 self._check_member_path(member)
@@ -123,7 +125,7 @@ class BtrfsBackend(VolumeBackend):
                     raise NotFound(f"btrfs: snapshot {member.ref} is missing; cannot revert") from None
                 if not ioctl.is_subvolume(st):
                     raise NotFound(f"btrfs: {member.ref} is not a snapshot subvolume; cannot revert")
-                self._refuse_nested(member.locator)
+                self._refuse_default(member.locator)
 
     def _check_member_path(self, member: MemberSnapshot) -> None:
         # A catalog entry must never make us destroy a subvolume elsewhere.
@@ -135,12 +137,25 @@ class BtrfsBackend(VolumeBackend):
     def _refuse_nested(self, subvolume: str) -> None:
         try:
             with _Dir(subvolume) as fd:
-                nested = ioctl.child_subvolumes(fd, ioctl.subvolume_id(fd))
+                nested = ioctl.child_subvolumes(fd)
         except OSError as err:
             raise map_oserror(err, f"inspecting {subvolume}") from err
         if nested:
             raise NotSupported(f"btrfs: {subvolume} contains {len(nested)} nested subvolume(s); "
                                "a snapshot does not hold them, so a revert would lose them")
+
+    def _refuse_default(self, subvolume: str) -> None:
+        # btrfs will not destroy the default subvolume, so the tree a revert
+        # replaces could not be removed once the new one had been swapped in
+        try:
+            default = _is_default(subvolume)
+        except OSError as err:
+            raise map_oserror(err, f"reading the default subvolume of {subvolume}") from err
+        if default:
+            raise NotSupported(
+                f"btrfs: {subvolume} is the filesystem's default subvolume, which btrfs cannot "
+                "delete, so a revert could not remove the replaced tree; make another subvolume "
+                "the default ('btrfs subvolume set-default') first")
 
     # -- the operations ---------------------------------------------------------
 
@@ -251,10 +266,22 @@ class BtrfsBackend(VolumeBackend):
 
     def recover_volume(self, volume):
         done = []
-        temp = revert_temp(volume.locator)
-        if os.path.lexists(temp):
+        for temp in (revert_temp(volume.locator),):
+            try:
+                if not ioctl.is_subvolume(os.lstat(temp)):
+                    continue  # not ours: snaptree only ever puts a subvolume there
+            except OSError:
+                continue  # nothing there (or a name too long to exist)
             parent, name = os.path.split(temp)
             try:
+                if _is_default(temp):
+                    # left by a revert from before the default was refused; removing
+                    # it needs the default moved, and that choice is the owner's
+                    done.append(f"left the temporary subvolume {temp} of an interrupted "
+                                "revert: it is the filesystem's default subvolume; make "
+                                "another the default ('btrfs subvolume set-default') and "
+                                "run 'snaptree recover' again")
+                    continue
                 with _Dir(parent) as parent_fd:
                     ioctl.destroy_subvolume(parent_fd, name)
                     os.fsync(parent_fd)
@@ -262,3 +289,9 @@ class BtrfsBackend(VolumeBackend):
                 raise map_oserror(err, f"removing the half-done revert {temp}") from err
             done.append(f"removed the temporary subvolume {temp} of an interrupted revert")
         return done
+
+
+def _is_default(path: str) -> bool:
+    """True when the subvolume at ``path`` is its filesystem's default subvolume."""
+    with _Dir(path) as fd:
+        return ioctl.subvolume_id(fd) == ioctl.default_subvolume(fd)

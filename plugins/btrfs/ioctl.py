@@ -42,6 +42,7 @@ __all__ = [
     "rename_exchange",
     "syncfs",
     "child_subvolumes",
+    "default_subvolume",
     "qgroup_usage",
     "open_dir",
 ]
@@ -70,6 +71,7 @@ IOC_SNAP_CREATE_V2 = _ioc(_IOC_WRITE, 23, _VOL_ARGS_SIZE)
 IOC_SUBVOL_GETFLAGS = _ioc(_IOC_READ, 25, 8)
 IOC_SUBVOL_SETFLAGS = _ioc(_IOC_WRITE, 26, 8)
 IOC_FS_INFO = _ioc(_IOC_READ, 31, _FS_INFO_SIZE)
+IOC_GET_SUBVOL_ROOTREF = _ioc(_IOC_READ | _IOC_WRITE, 61, 4096)
 IOC_SNAP_DESTROY_V2 = _ioc(_IOC_WRITE, 63, _VOL_ARGS_SIZE)
 
 SUBVOL_RDONLY = 1 << 1
@@ -79,6 +81,9 @@ _V2_HEAD = struct.Struct("=qQQ32x")
 _V1_HEAD = struct.Struct("=q")
 
 _ROOT_TREE_OBJECTID = 1
+_ROOT_TREE_DIR_OBJECTID = 6
+_FS_TREE_OBJECTID = 5
+_DIR_ITEM_KEY = 84
 _ROOT_REF_KEY = 156
 _QUOTA_TREE_OBJECTID = 8
 _QGROUP_STATUS_KEY = 240
@@ -87,6 +92,11 @@ _QGROUP_STATUS_INCONSISTENT = 1 << 2
 _QGROUP_STATUS_RESCAN = 1 << 1
 _SEARCH_KEY = struct.Struct("=7Q4I4Q")       # struct btrfs_ioctl_search_key (104 bytes)
 _SEARCH_HEADER = struct.Struct("=3Q2I")      # struct btrfs_ioctl_search_header (32 bytes)
+# struct btrfs_dir_item: location key (objectid, type, offset), transid, data_len, name_len, type
+_DIR_ITEM = struct.Struct("<QBQQHHB")
+# struct btrfs_ioctl_get_subvol_rootref_args: min_treeid, 255 x (treeid, dirid), num_items
+_ROOTREF_MAX = 255
+_ROOTREF_COUNT_AT = 8 + _ROOTREF_MAX * 16
 
 _RENAME_EXCHANGE = 2
 
@@ -105,7 +115,10 @@ def map_oserror(err: OSError, what: str) -> SnaptreeError:
     if code == errno.EROFS:
         return PermissionDenied(f"btrfs: {what}: the filesystem is mounted read-only")
     if code in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"btrfs: {what}: {err.strerror} (subvolume ioctls need root)")
+        # as root, EPERM means btrfs refused for its own reasons (a default
+        # subvolume, an active swap file), not that privileges are missing
+        hint = "" if os.geteuid() == 0 else " (subvolume ioctls need root)"
+        return PermissionDenied(f"btrfs: {what}: {err.strerror}{hint}")
     if code == errno.EEXIST:
         return Conflict(f"btrfs: {what}: {err.filename or 'the target'} already exists")
     if code == errno.ENOENT:
@@ -261,9 +274,48 @@ def _tree_search(fd: int, tree_id: int, objectid: int, key_type: int,
         min_offset = last[2] + 1
 
 
-def child_subvolumes(fd: int, subvol_id: int) -> list[int]:
-    """Ids of the subvolumes nested directly in subvolume ``subvol_id`` (needs root)."""
-    return [offset for offset, _ in _tree_search(fd, _ROOT_TREE_OBJECTID, subvol_id, _ROOT_REF_KEY)]
+def child_subvolumes(fd: int) -> list[int]:
+    """Tree ids of the subvolumes nested directly in the subvolume open as ``fd``.
+
+    ``BTRFS_IOC_GET_SUBVOL_ROOTREF`` (Linux 4.18), which needs no privilege.
+    The kernel fills up to 255 entries a call, answers ``EOVERFLOW`` when
+    more remain and moves ``min_treeid`` past the last one it returned.  The
+    4 KiB buffer is larger than the 1 KiB :func:`fcntl.ioctl` copies, so the
+    kernel writes into it in place even when the call fails.
+    """
+    found: list[int] = []
+    buf = bytearray(4096)
+    while True:
+        try:
+            fcntl.ioctl(fd, IOC_GET_SUBVOL_ROOTREF, buf)
+            more = False
+        except OSError as err:
+            if err.errno != errno.EOVERFLOW:
+                raise
+            more = True
+        count = buf[_ROOTREF_COUNT_AT]
+        found += [struct.unpack_from("=Q", buf, 8 + index * 16)[0] for index in range(count)]
+        if not more or count == 0:
+            return found
+
+
+def default_subvolume(fd: int) -> int:
+    """The tree id of the default subvolume of the btrfs holding ``fd`` (needs root).
+
+    Read as ``btrfs subvolume get-default`` does: the ``default`` entry of the
+    root tree's directory; a filesystem without one mounts its top level (5).
+    """
+    for _offset, item in _tree_search(fd, _ROOT_TREE_OBJECTID, _ROOT_TREE_DIR_OBJECTID,
+                                      _DIR_ITEM_KEY):
+        pos = 0
+        while pos + _DIR_ITEM.size <= len(item):  # one item holds every name with that hash
+            location, _type, _offset2, _transid, data_len, name_len, _ftype = \
+                _DIR_ITEM.unpack_from(item, pos)
+            start = pos + _DIR_ITEM.size
+            if item[start:start + name_len] == b"default":
+                return location
+            pos = start + name_len + data_len
+    return _FS_TREE_OBJECTID
 
 
 def qgroup_usage(fd: int, subvol_id: int) -> tuple[int, int] | None:
