@@ -351,6 +351,30 @@ def test_recover_leaves_an_old_leftover_that_is_the_default(subvol, btrfs_mount)
     assert plugin.recover_volume(volume) == []
 
 
+def test_revert_keeps_read_only_flag(subvol):
+    volume = plugin.claim(subvol)
+    write_tree(subvol, 1, files=10)
+    first = digest_tree(subvol)
+    writable = snap(volume, ID1)
+    with _open(subvol) as fd:
+        ioctl.set_readonly(fd, True)
+    read_only = snap(volume, ID2)
+    for member in (writable, read_only):  # the volume's flag counts, not the snapshot's
+        revert(member)
+        assert digest_tree(subvol) == first
+        with _open(subvol) as fd:
+            assert ioctl.get_readonly(fd) is True
+    with pytest.raises(OSError) as refused:
+        open(os.path.join(subvol, "new"), "wb")
+    assert refused.value.errno == errno.EROFS
+    with _open(subvol) as fd:
+        ioctl.set_readonly(fd, False)
+    revert(read_only)  # the snapshot of a read-only volume: writable stays writable
+    with _open(subvol) as fd:
+        assert ioctl.get_readonly(fd) is False
+    assert not os.path.lexists(revert_temp(subvol))
+
+
 def test_missing_snapshot_refused_on_revert(subvol):
     volume = plugin.claim(subvol)
     member = snap(volume, ID1)

@@ -2,7 +2,8 @@
 
 Snapshots of the subvolume ``/pool/vm1`` live in the plain directory
 ``/pool/.vm1.snaptree/`` as read-only subvolumes named by snapshot id.
-Revert makes a writable snapshot of the chosen one as ``/pool/.vm1.snaptree-revert``
+Revert makes a snapshot of the chosen one (read-only exactly when the volume
+is) as ``/pool/.vm1.snaptree-revert``
 and swaps it with ``/pool/vm1`` in one ``renameat2(RENAME_EXCHANGE)``, so a
 crash leaves the old or the new tree at ``/pool/vm1``, never a mix; the
 replaced tree, now under the temporary name, is then destroyed.
@@ -196,15 +197,16 @@ class BtrfsBackend(VolumeBackend):
         parent, base = os.path.split(subvolume)
         temp = os.path.basename(revert_temp(subvolume))
         try:
-            with _Dir(parent) as parent_fd:
+            try:
+                source = _Dir(member.ref)
+            except FileNotFoundError:
+                raise VolumeNotFound(f"btrfs: snapshot {member.ref} is missing") from None
+            with source as source_fd, _Dir(parent) as parent_fd, _Dir(subvolume) as volume_fd:
+                readonly = ioctl.get_readonly(volume_fd)
                 if os.path.lexists(os.path.join(parent, temp)):
                     ioctl.destroy_subvolume(parent_fd, temp)
-                try:
-                    source = _Dir(member.ref)
-                except FileNotFoundError:
-                    raise VolumeNotFound(f"btrfs: snapshot {member.ref} is missing") from None
-                with source as source_fd:
-                    ioctl.create_snapshot(source_fd, parent_fd, temp, readonly=False)
+                # made read-only at birth, so the volume's flag holds from the swap on
+                ioctl.create_snapshot(source_fd, parent_fd, temp, readonly=readonly)
                 faults.checkpoint("btrfs:revert:made")
                 ioctl.rename_exchange(parent_fd, temp, base)
                 os.fsync(parent_fd)
