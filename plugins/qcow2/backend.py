@@ -31,8 +31,8 @@ from snaptree import faults, vm
 from snaptree.names import check_abs_path
 
 from . import launch, memory, restart
-from .layout import (PARTIAL, active_image, memory_path, overlay_path, pause_marker, set_active,
-                     snapshot_dir)
+from .layout import (PARTIAL, active_image, make_snapshot_dir, memory_path, overlay_path,
+                     pause_marker, set_active, snapshot_dir)
 from .live import LiveOps, block_nodes, stamp_of
 from .offline import Chain, OfflineOps, internal_member, tag_holder
 from .qemuimg import QemuImg
@@ -520,12 +520,14 @@ class Qcow2Backend(VolumeBackend):
             return None
         # The marker (in the first disk's folder) lets ``recover`` resume
         # the VM if this process dies before snaptree_vm_resume.
-        marker = pause_marker(self._qcow2_volumes(group)[0].locator)
+        first = self._qcow2_volumes(group)[0].locator
+        marker = pause_marker(first)
         if "snapshot" in ctx.scratch and self._live(group, ctx) is None:
             # a revert with no QEMU running: nothing to pause, but resume is
             # where a VM that must be started for memory is run
             ctx.scratch["qcow2.was_running"] = False
             return True
+        make_snapshot_dir(first)  # owned like the disk, before the marker goes in
         with self._vm(group, ctx).session() as session:
             ctx.scratch["qcow2.was_running"] = memory.pause(
                 session, before_stop=lambda: memory.mark_paused(marker, group.qmp_socket))
@@ -570,7 +572,7 @@ class Qcow2Backend(VolumeBackend):
             return MemoryState(kind="internal", ref=ctx.snapshot_id,
                                data={"image": active_image(first.locator)})
         path = memory_path(first.locator, ctx.snapshot_id)
-        os.makedirs(snapshot_dir(first.locator), mode=0o700, exist_ok=True)
+        make_snapshot_dir(first.locator)
         ctx.scratch["qcow2.memory_file"] = path  # written by vm_resume, before cont
         return MemoryState(kind="file", ref=path)
 

@@ -13,6 +13,11 @@ External snapshots live in ``/dir/.disk.qcow2.snaptree/``:
     the path of the image the VM must run on now (absent: the registered
     image itself).  Written atomically; libvirt keeps the same fact in its
     domain XML.
+The folder and every image snaptree creates in it take the registered
+image's owner and group and a mode the owner can use (the image's own bits,
+plus read-write for the owner; the folder opens to the classes the image
+does): a VM running as that user must open its overlays.
+
 ``<snapshot_id>.memory``
     VM memory saved with an external snapshot (in the first disk's folder).
 ``paused``
@@ -30,11 +35,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 
 from snaptree.errors import BackendError, StateError
 from snaptree.names import beside
 
-__all__ = ["read_note", "snapshot_dir", "overlay_path", "run_overlay_path", "memory_path", "active_image",
+__all__ = ["read_note", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "active_image",
            "set_active", "pause_marker", "restart_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -45,6 +51,44 @@ _ACTIVE = "active"
 
 def snapshot_dir(image: str) -> str:
     return beside(image, ".snaptree")
+
+
+def _folder_mode(image_mode: int) -> int:
+    """A folder mode opening to each class (owner, group, other) the image opens to."""
+    mode = 0o700
+    if image_mode & 0o060:
+        mode |= 0o070 if image_mode & 0o020 else 0o050
+    if image_mode & 0o006:
+        mode |= 0o007 if image_mode & 0o002 else 0o005
+    return mode
+
+
+def adopt(image: str, path: str) -> None:
+    """Give ``path`` (a file or the folder snaptree made) ``image``'s owner and group,
+    and a mode the owner can use."""
+    try:
+        found = os.stat(image)
+        image_mode = stat.S_IMODE(found.st_mode)
+        if os.geteuid() == 0:
+            os.chown(path, found.st_uid, found.st_gid)
+        os.chmod(path, _folder_mode(image_mode) if os.path.isdir(path)
+                 else (image_mode & 0o666) | 0o600)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot give {path} the owner and mode of {image}: "
+                           f"{err.strerror}") from err
+
+
+def make_snapshot_dir(image: str) -> str:
+    """``image``'s folder, made (and given the image's owner, see :func:`adopt`) if missing."""
+    folder = snapshot_dir(image)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return folder
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot create {folder}: {err.strerror}") from err
+    adopt(image, folder)
+    return folder
 
 
 def overlay_path(image: str, snapshot_id: str) -> str:
@@ -113,7 +157,7 @@ def set_active(image: str, target: str) -> None:
             except FileNotFoundError:
                 pass
         else:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
+            make_snapshot_dir(image)
             with open(pointer + PARTIAL, "w", encoding="utf-8") as handle:
                 handle.write(target + "\n")
                 handle.flush()

@@ -32,7 +32,7 @@ from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
 
 from .header import snapshot_names
-from .layout import active_image, overlay_path, set_active, snapshot_dir
+from .layout import active_image, make_snapshot_dir, overlay_path, set_active
 from .offline import Chain, external_member, internal_member
 from .qemuimg import QemuImg
 from .qmp import QMPSession
@@ -189,7 +189,7 @@ class LiveOps:
                                 "data": {"device": node, "name": snapshot_id}})
                 members.append(internal_member(volume, snapshot_id, active))
             else:
-                os.makedirs(snapshot_dir(volume.locator), mode=0o700, exist_ok=True)
+                make_snapshot_dir(volume.locator)
                 actions.append({"type": "blockdev-snapshot-sync",
                                 "data": {"node-name": node,
                                          "snapshot-file": overlay_path(volume.locator, snapshot_id),

@@ -21,6 +21,8 @@ from .layout import (
     OVERLAY_FILE,
     PARTIAL,
     active_image,
+    adopt,
+    make_snapshot_dir,
     overlay_path,
     run_overlay_path,
     set_active,
@@ -106,9 +108,10 @@ class OfflineOps:
                     made.append(internal_member(volume, snapshot_id, active))
                 else:
                     overlay = overlay_path(volume.locator, snapshot_id)
-                    os.makedirs(snapshot_dir(volume.locator), mode=0o700, exist_ok=True)
+                    make_snapshot_dir(volume.locator)
                     self.qemu_img.check_writable(active)
                     self.qemu_img.create_overlay(overlay, active)
+                    adopt(volume.locator, overlay)
                     made.append(external_member(volume, snapshot_id, active))
                     set_active(volume.locator, overlay)
         except BaseException:
@@ -137,6 +140,7 @@ class OfflineOps:
             new = run_overlay_path(member.locator)
             backing, backing_format = self._backing_of(holder)
             self.qemu_img.copy_snapshot(holder, member.ref, new + PARTIAL, backing, backing_format)
+            adopt(member.locator, new + PARTIAL)
             os.rename(new + PARTIAL, new)
             set_active(member.locator, new)
             self._discard(member.locator, active)
@@ -152,6 +156,7 @@ class OfflineOps:
             self.qemu_img.check_writable(old)
         new = run_overlay_path(member.locator)
         self.qemu_img.create_overlay(new + PARTIAL, frozen)
+        adopt(member.locator, new + PARTIAL)
         os.rename(new + PARTIAL, new)
         set_active(member.locator, new)
         self._discard(member.locator, old)
@@ -179,6 +184,7 @@ class OfflineOps:
         elif OVERLAY_FILE.match(name) and chain.backing.get(old):
             # the overlay carries its snapshot's identity: keep it, but empty
             self.qemu_img.create_overlay(old + PARTIAL, chain.backing[old])
+            adopt(image, old + PARTIAL)
             os.replace(old + PARTIAL, old)
 
     # -- delete ---------------------------------------------------------------

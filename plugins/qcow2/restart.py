@@ -18,7 +18,7 @@ from snaptree.runner import CommandRunner
 
 from .launch import Recipe
 from . import memory
-from .layout import PARTIAL, restart_marker, snapshot_dir
+from .layout import PARTIAL, make_snapshot_dir, restart_marker, snapshot_dir
 from .qmp import QMPSession, reachable
 
 __all__ = ["mark_restart", "read_restart", "clear_restart", "finish_abandoned_restart",
@@ -42,7 +42,7 @@ def mark_restart(images: Sequence[str], qmp_socket: str, recipe: str | None,
     note = {"socket": qmp_socket, "recipe": recipe, "images": list(images), "running": running,
             "memory": memory_file}
     try:
-        os.makedirs(os.path.dirname(marker), mode=0o700, exist_ok=True)
+        make_snapshot_dir(images[0])
         with open(marker + PARTIAL, "w", encoding="utf-8") as handle:
             json.dump(note, handle)
             handle.flush()
