@@ -375,6 +375,29 @@ def test_revert_keeps_read_only_flag(subvol):
     assert not os.path.lexists(revert_temp(subvol))
 
 
+def test_longest_volume_name_snapshots_and_reverts(btrfs_mount, tmp_path):
+    # 245 bytes: the most that leaves room for the ".NAME.snaptree" folder
+    long_subvol = make_subvolume(os.path.join(btrfs_mount, "v" * 245))
+    state = str(tmp_path / "state")
+    write_tree(long_subvol, 1, files=5)
+    first = digest_tree(long_subvol)
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"btrfs:{long_subvol}"])
+        api.create("vm", "s1")
+        write_tree(long_subvol, 2, files=5)
+        api.revert("vm", "s1")
+        assert digest_tree(long_subvol) == first
+        assert len(os.path.basename(revert_temp(long_subvol))) == 33
+        crashed = run_cli(["revert", "vm", "s1"], state,
+                          env={"SNAPTREE_KILL_AT_LABEL": "btrfs:revert:swapped"})
+        assert crashed.returncode == -9, crashed.stderr
+        assert os.path.lexists(revert_temp(long_subvol))
+        assert api.recover("vm").errors == []
+        assert not os.path.lexists(revert_temp(long_subvol))
+        assert digest_tree(long_subvol) == first
+        assert api.check("vm").clean
+
+
 def test_missing_snapshot_refused_on_revert(subvol):
     volume = plugin.claim(subvol)
     member = snap(volume, ID1)

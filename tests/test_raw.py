@@ -121,3 +121,34 @@ def test_reflink_is_used_on_btrfs_and_revert_is_exact(btrfs_mount, tmp_path):
         assert _digest(img) == before
         usage = api.space_used("g", "s")[f"raw:{img}"]
         assert usage.referenced_bytes >= 32 * 1024 * 1024
+
+
+def test_longest_image_name_snapshots_and_reverts(tmp_path):
+    from snaptree import Snaptree
+    # 245 bytes: the most that leaves room for the ".NAME.snaptree" folder
+    img = tmp_path / ("d" * 241 + ".img")
+    img.write_bytes(b"a" * 8192)
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{img}"])
+        api.create("g", "s")
+        img.write_bytes(b"b" * 8192)
+        api.revert("g", "s")
+        assert img.read_bytes() == b"a" * 8192
+        assert sorted(os.listdir(tmp_path)) == [f".{img.name}.snaptree", img.name, "state"]
+
+
+def test_recover_removes_revert_leftovers_of_both_namings(tmp_path):
+    from snaptree import Snaptree
+    from snaptree_raw.backend import _revert_temp
+    img = tmp_path / "d.img"
+    img.write_bytes(b"a" * 8192)
+    leftovers = [tmp_path / ".d.img.snaptree-revert.partial", tmp_path / _revert_temp(str(img))]
+    assert len(leftovers[1].name) == 41
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{img}"])
+        for leftover in leftovers:
+            leftover.write_bytes(b"half")
+        report = api.recover("g")
+        assert sorted(report.actions) == sorted(f"g: raw:{img}: removed leftover {p}" for p in leftovers)
+    assert sorted(os.listdir(tmp_path)) == ["d.img", "state"]
+    assert img.read_bytes() == b"a" * 8192

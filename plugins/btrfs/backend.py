@@ -2,15 +2,20 @@
 
 Snapshots of the subvolume ``/pool/vm1`` live in the plain directory
 ``/pool/.vm1.snaptree/`` as read-only subvolumes named by snapshot id.
-Revert makes a snapshot of the chosen one (read-only exactly when the volume
-is) as ``/pool/.vm1.snaptree-revert``
-and swaps it with ``/pool/vm1`` in one ``renameat2(RENAME_EXCHANGE)``, so a
-crash leaves the old or the new tree at ``/pool/vm1``, never a mix; the
-replaced tree, now under the temporary name, is then destroyed.
+Revert makes a snapshot of the chosen one beside the volume, as
+``/pool/.snaptree-revert-<16 hex digits of the volume name's SHA-256>``
+(read-only exactly when the volume is), and swaps it with ``/pool/vm1`` in
+one ``renameat2(RENAME_EXCHANGE)``, so a crash leaves the old or the new tree
+at ``/pool/vm1``, never a mix; the replaced tree, now under the temporary
+name, is then destroyed.  The temporary name is 33 bytes whatever the
+volume's name, so a revert fits wherever the volume does; it sits in the
+volume's own directory because btrfs refuses to move a read-only subvolume
+to another directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -45,6 +50,13 @@ def snapshot_dir(subvolume: str) -> str:
 
 def revert_temp(subvolume: str) -> str:
     """The temporary subvolume a revert swaps in (and the replaced tree after)."""
+    parent, base = os.path.split(subvolume)
+    digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:16]
+    return os.path.join(parent, f".snaptree-revert-{digest}")
+
+
+def _old_revert_temp(subvolume: str) -> str:
+    # the name earlier versions used; recover still removes what is there
     return beside(subvolume, ".snaptree-revert")
 
 
@@ -268,7 +280,7 @@ class BtrfsBackend(VolumeBackend):
 
     def recover_volume(self, volume):
         done = []
-        for temp in (revert_temp(volume.locator),):
+        for temp in (revert_temp(volume.locator), _old_revert_temp(volume.locator)):
             try:
                 if not ioctl.is_subvolume(os.lstat(temp)):
                     continue  # not ours: snaptree only ever puts a subvolume there

@@ -3,11 +3,15 @@
 Snapshots of ``/dir/disk.img`` live in ``/dir/.disk.img.snaptree/`` as
 ``<snapshot_id>.img``.  Revert clones the snapshot to a temporary file beside
 the image and renames it over the image, so a crash leaves the old or the
-new content, never a mix.  The image's mode and owner are kept.
+new content, never a mix.  The image's mode and owner are kept.  The
+temporary name, ``.snaptree-revert-<16 hex digits of the image name's
+SHA-256>.partial``, is 41 bytes whatever the image's name, so a revert fits
+wherever the image does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -29,6 +33,13 @@ def snapshot_dir(image: str) -> str:
 
 
 def _revert_temp(image: str) -> str:
+    directory, base = os.path.split(image)
+    digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:16]
+    return os.path.join(directory, f".snaptree-revert-{digest}{PARTIAL}")
+
+
+def _old_revert_temp(image: str) -> str:
+    # the name earlier versions cloned to; recover still removes what is there
     return beside(image, f".snaptree-revert{PARTIAL}")
 
 
@@ -141,7 +152,7 @@ class RawBackend(VolumeBackend):
 
     def recover_volume(self, volume):
         done = []
-        candidates = [_revert_temp(volume.locator)]
+        candidates = [_revert_temp(volume.locator), _old_revert_temp(volume.locator)]
         folder = snapshot_dir(volume.locator)
         if os.path.isdir(folder):
             candidates += [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(PARTIAL)]
