@@ -33,7 +33,7 @@ from snaptree.model import MemberSnapshot, Volume
 
 from .header import snapshot_names
 from .layout import active_image, make_snapshot_dir, overlay_path, set_active
-from .offline import Chain, external_member, internal_member
+from .offline import Chain, discard_unused, external_member, internal_member
 from .qemuimg import QemuImg
 from .qmp import QMPSession
 
@@ -318,4 +318,5 @@ class LiveOps:
         if overlay == active:
             set_active(member.locator, frozen)
         os.unlink(overlay)
+        discard_unused(self.qemu_img, member.locator)
         return True

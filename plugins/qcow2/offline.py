@@ -30,7 +30,7 @@ from .layout import (
 )
 from .qemuimg import QemuImg
 
-__all__ = ["Chain", "OfflineOps", "tag_holder"]
+__all__ = ["Chain", "OfflineOps", "discard_unused", "tag_holder"]
 
 
 class Chain:
@@ -61,8 +61,33 @@ class Chain:
     def children(self, path: str) -> list[str]:
         return [f for f, b in self.backing.items() if b == path]
 
+    def unused_run_images(self, active: str) -> list[str]:
+        """``run-*`` images nothing needs: not active, no image built on them, no tags."""
+        return [p for p in self.backing
+                if os.path.basename(p).startswith("run-") and p != active
+                and not self.children(p) and not self.tags.get(p)]
+
     def snaptree_tags(self, path: str) -> list[str]:
         return [t["name"] for t in self.tags.get(path, []) if len(t["name"]) == 16]
+
+
+def discard_unused(qemu_img: QemuImg, image: str) -> list[str]:
+    """Remove the ``run-*`` images of ``image`` that nothing needs any more (a
+    delete can leave the content of a deleted snapshot's branch so); returns them."""
+    removed: list[str] = []
+    while True:
+        chain = Chain(qemu_img, image)
+        unused = chain.unused_run_images(active_image(image))
+        if not unused:
+            return removed
+        for path in unused:  # removing one may free its backing image: read again
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise BackendError(f"qcow2: cannot remove unused {path}: {err.strerror}") from err
+            removed.append(path)
 
 
 def tag_holder(chain: Chain, member: MemberSnapshot, active: str) -> str:
@@ -210,6 +235,7 @@ class OfflineOps:
             self._merge_down(member.locator, chain, overlay, frozen)
         else:
             self._rename_away(member.locator, chain, overlay)
+        discard_unused(self.qemu_img, member.locator)
 
     def _merge_down(self, image: str, chain: Chain, overlay: str, frozen: str) -> None:
         # Only this overlay reads the frozen image, so the frozen image may
@@ -250,4 +276,9 @@ class OfflineOps:
             match = OVERLAY_FILE.match(os.path.basename(path))
             if match and os.path.dirname(path) == snapshot_dir(volume.locator) and backing:
                 found.append(external_member(volume, match[1], backing))
+        # data no snapshot and no VM uses (an interrupted revert, an older
+        # snaptree's deletes): shown as foreign, so ``check`` reports it
+        for path in chain.unused_run_images(active_image(volume.locator)):
+            found.append(MemberSnapshot(backend="qcow2", locator=volume.locator, snapshot_id="",
+                                        ref=path, data={"mode": "external", "unused": True}))
         return found
