@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from qemu_fixtures import image_digest, make_images, write_pattern
+from qemu_fixtures import image_digest, make_images, start_vm, write_pattern
 from snaptree import Snaptree
-from snaptree.errors import NotFound
-from snaptree_qcow2 import active_image
+from snaptree.errors import NotFound, NotSupported
+from snaptree_qcow2 import active_image, qmp
 from snaptree_qcow2.layout import overlay_path, snapshot_dir
 
 pytestmark = pytest.mark.qemu
@@ -70,3 +70,21 @@ def test_revert_refused_up_front_when_the_tag_is_gone(api, tmp_path):
     assert raw.read_bytes() == b"\x09" * 65536                 # the raw disk came first
     assert (active_image(disk), image_digest(active_image(disk), str(tmp_path))) == before
     assert not [n for n in os.listdir(snapshot_dir(disk)) if n.startswith("run-")]
+
+
+def test_memory_below_a_later_external_snapshot_refused_up_front(tmp_path, processes):
+    [disk] = make_images(str(tmp_path), 1)
+    vm = start_vm(str(tmp_path), [disk])
+    processes.append(vm)
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("vm", [f"qcow2:{disk}"], qmp_socket=vm.qmp_socket)
+        api.create("vm", "ext1", options={"mode": "external"})
+        api.create("vm", "int2", memory=True, options={"mode": "internal"})
+        api.create("vm", "ext3", options={"mode": "external"})
+        before = active_image(disk)
+        with pytest.raises(NotSupported, match="--disks-only"):
+            api.revert("vm", "int2")
+        assert active_image(disk) == before
+        with qmp.QMPSession(vm.qmp_socket) as session:
+            assert session.execute("query-status")["status"] == "running"
+        assert [e["operation"] for e in api.journal("vm")].count("revert") == 0
