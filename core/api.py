@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
-from .errors import Conflict, InvalidInput, PermissionDenied, PluginError
-from .locking import group_lock
+from .errors import (Conflict, InvalidInput, PermissionDenied, PluginError, SnapshotNotFound,
+                     StateError)
 from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
 from .names import check_abs_path, check_name, split_spec
 from .plugins import PluginSet
-from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover
+from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover, recover_held
 from .statedir import default_state_dir, ensure_state_dir
 from . import vm
 
@@ -41,13 +42,15 @@ class Snaptree:
                  load_entrypoints: bool = True, lock_timeout: float = 30.0,
                  progress: Callable[..., None] | None = None, auto_recover: bool = True,
                  audit: bool = True):
-        self.state_dir = ensure_state_dir(state_dir or default_state_dir())
+        # "" is a path the user gave, and a wrong one: not "use the default"
+        self.state_dir = ensure_state_dir(default_state_dir() if state_dir is None else state_dir)
         self.plugins = PluginSet(plugins, load_entrypoints=load_entrypoints)
         if audit:
             self.plugins.register(AuditLog(os.path.join(self.state_dir, "audit.jsonl")), "audit")
         self.catalog = Catalog(os.path.join(self.state_dir, CATALOG_FILE))
         self.coordinator = Coordinator(self.catalog, self.plugins, self.state_dir,
                                        lock_timeout=lock_timeout, progress=progress)
+        self.coordinator.on_locked = self._finish_interrupted
         self.auto_recover = auto_recover
 
     def close(self) -> None:
@@ -101,6 +104,7 @@ class Snaptree:
         volumes: list[Volume] = []
         for spec in volume_specs:
             volume = self.claim(spec)
+            self._refuse_own_state(volume)
             if volume in volumes:
                 raise InvalidInput(f"volume {volume.spec} is listed twice")
             owner = self.catalog.volume_owner(volume.spec)
@@ -126,6 +130,34 @@ class Snaptree:
             raise
         return self.catalog.get_group(name)
 
+    def _refuse_own_state(self, volume: Volume) -> None:
+        """A volume must not hold snaptree's own state: reverting it would
+        roll the catalog back and lose every snapshot taken since."""
+        path = (self.plugins.hook.snaptree_volume_path(backend=volume.backend, volume=volume)
+                or volume.locator)
+        try:
+            found = os.stat(path)
+        except (OSError, ValueError):
+            return  # not a local path: the backend vouched for the volume
+        state = os.path.realpath(self.state_dir)
+        if stat.S_ISBLK(found.st_mode):
+            holds = found.st_rdev == os.stat(state).st_dev  # the state's filesystem is on it
+        else:
+            real = os.path.realpath(path)
+            holds = os.path.commonpath([real, state]) in (real, state) or any(
+                (found.st_dev, found.st_ino) == (own.st_dev, own.st_ino)
+                for own in self._state_files())
+        if holds:
+            raise InvalidInput(f"volume {volume.spec} holds snaptree's own state ({state}); "
+                               "a revert would roll the catalog back")
+
+    def _state_files(self) -> Iterator[os.stat_result]:
+        for name in os.listdir(self.state_dir):
+            try:
+                yield os.stat(os.path.join(self.state_dir, name))
+            except OSError:
+                continue
+
     def list_groups(self) -> list[Group]:
         return [self.catalog.get_group(n) for n in self.catalog.group_names()]
 
@@ -135,27 +167,45 @@ class Snaptree:
     def delete_group(self, name: str, *, with_snapshots: bool = False) -> None:
         """Forget a group; refuses while it has snapshots unless ``with_snapshots``."""
         self.group(name)
-        self._recover_first(name)
-        snaps = self.catalog.list_snapshots(name)
-        if snaps and not with_snapshots:
-            raise Conflict(f"group {name!r} has {len(snaps)} snapshot(s); delete them first "
-                           "or pass --with-snapshots")
-        roots = [s for s in snaps if s.parent is None]
-        for root in roots:
-            self.coordinator.delete(name, root.name, children=True)
-        with group_lock(self.state_dir, name, self.coordinator.lock_timeout):
-            self.catalog.delete_group(name)
+        while True:
+            # decided under the lock: a create running now cannot slip in
+            # between the count and the delete
+            with self.coordinator.locked(name):
+                snaps = self.catalog.list_snapshots(name)
+                if snaps and not with_snapshots:
+                    raise Conflict(f"group {name!r} has {len(snaps)} snapshot(s); delete them "
+                                   "first or pass --with-snapshots")
+                if not snaps:
+                    self.catalog.delete_group(name)
+                    return
+            for root in [s for s in snaps if s.parent is None]:
+                try:
+                    self.coordinator.delete(name, root.name, children=True)
+                except SnapshotNotFound:
+                    pass  # deleted meanwhile by someone else
 
     # -- snapshots ------------------------------------------------------------
 
-    def _recover_first(self, group: str) -> None:
-        if self.auto_recover and needs_recovery(self.catalog, group):
-            recover(self.coordinator, group)
+    def _finish_interrupted(self, group: str) -> None:
+        """What an interrupted operation left open on ``group`` is finished
+        (or undone) before the next one reads it: the caller holds the lock,
+        so no live process is working there.  A group that cannot be brought
+        back to a known state is refused."""
+        if not needs_recovery(self.catalog, group):
+            return
+        if not self.auto_recover:
+            raise StateError(f"group {group!r} has an unfinished operation; "
+                             f"run 'snaptree recover {group}' first")
+        report = recover_held(self.coordinator, group)
+        if report.errors:
+            raise StateError(f"group {group!r} has an unfinished operation that recover could "
+                             f"not finish ({report.errors[0]}); fix that and run "
+                             f"'snaptree recover {group}'")
+        self.coordinator.warnings.extend(f"recovered first: {line}" for line in report.actions)
 
     def create(self, group: str, name: str | None = None, *, description: str = "",
                memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
         """Snapshot every volume of ``group`` as one point; returns the snapshot."""
-        self._recover_first(group)  # the coordinator refuses an unknown group
         return self.coordinator.create(group, name, description=description, memory=memory,
                                        options=options)
 
@@ -172,8 +222,6 @@ class Snaptree:
         With ``disks_only`` the memory a snapshot holds is left out: only the
         volumes go back (a running VM then boots afresh on them).
         """
-        self.group(group)
-        self._recover_first(group)
         return self.coordinator.revert(group, name, disks_only=disks_only, options=options)
 
     def start_vm(self, group: str, *, paused: bool = False) -> dict[str, str]:
@@ -182,9 +230,9 @@ class Snaptree:
         A plugin must know how (a launch recipe, ``-o qemu.launch=FILE``, or a
         toolstack plugin).  Returns volume locator -> file the VM opened.
         """
-        g = self.group(group)
-        self._recover_first(group)
-        with group_lock(self.state_dir, group, self.coordinator.lock_timeout):
+        self.group(group)
+        with self.coordinator.locked(group):
+            g = self.group(group)
             ctx = self.coordinator.context(g, "", "", {})
             ctx.scratch["operation"] = "start"
             vm.start(self.plugins.hook, g, ctx)
@@ -194,8 +242,6 @@ class Snaptree:
 
     def delete(self, group: str, name: str, *, children: bool = False) -> list[str]:
         """Delete snapshot ``name`` (its subtree with ``children``); children are re-parented."""
-        self.group(group)
-        self._recover_first(group)
         return self.coordinator.delete(group, name, children=children)
 
     def list(self, group: str) -> list[Snapshot]:
@@ -253,4 +299,6 @@ class Snaptree:
         return check(self.coordinator, group)
 
     def journal(self, group: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if group is not None:
+            self.group(group)
         return [dict(e) for e in self.catalog.journal_tail(group, limit)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="catalog directory (default: $SNAPTREE_STATE_DIR, "
                         "/var/lib/snaptree as root, else ~/.local/state/snaptree)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--wait", type=_seconds, default=30.0, metavar="SECONDS",
                         help="wait this long for a busy group before failing (default 30)")
     parser.add_argument("--debug", action="store_true", help="log backend commands; tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p = sub.add_parser("journal", help="recent operations")
     p.add_argument("group", nargs="?")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_count, default=20)
     _json_flag(p)
     _add_extension_commands(sub)
     return parser
@@ -284,6 +286,28 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
     raise InvalidInput(f"unknown command {cmd!r}")
 
 
+def _seconds(text: str) -> float:
+    """A wait in seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _count(text: str) -> int:
+    """A count of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -294,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Snaptree(args.state_dir, lock_timeout=args.wait, progress=progress) as api:
             try:
-                return _run(args, api, out)
+                code = _run(args, api, out)
+                sys.stdout.flush()  # a closed pipe shows here, not at exit
+                return code
             finally:
                 progress.close()
                 for warning in api.warnings:
@@ -304,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("failed")
         print(f"snaptree: error: {err.one_line()}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # the reader (| head) went away: nothing more to say, and saying it
+        # at exit would fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("snaptree: interrupted; run 'snaptree recover' if an operation was cut short",
               file=sys.stderr)

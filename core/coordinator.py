@@ -90,10 +90,22 @@ class Coordinator:
         self.progress = progress
         #: Warnings backends left in ``ctx.scratch["warnings"]`` during the last operation.
         self.warnings: list[str] = []
+        #: Called with a group's name as soon as an operation holds the
+        #: group's lock, before it reads the group (the API finishes there
+        #: what an interrupted operation left open).
+        self.on_locked: Callable[[str], None] | None = None
 
     @property
     def hook(self):
         return self.plugins.hook
+
+    @contextlib.contextmanager
+    def locked(self, group_name: str) -> Iterator[None]:
+        """Hold ``group_name``'s lock (then call :attr:`on_locked`)."""
+        with group_lock(self.state_dir, group_name, self.lock_timeout):
+            if self.on_locked is not None:
+                self.on_locked(group_name)
+            yield
 
     # -- helpers --------------------------------------------------------------
 
@@ -177,7 +189,7 @@ class Coordinator:
         # Everything from here reads the group under its lock, once; the
         # backends' checks too, so nothing they checked can change before
         # the journal entry is written.
-        with group_lock(self.state_dir, group_name, self.lock_timeout):
+        with self.locked(group_name):
             group = self.group(group_name)
             if name is None:
                 name = self._default_name(group_name)
@@ -336,77 +348,80 @@ class Coordinator:
     def revert(self, group_name: str, name: str, *, disks_only: bool = False,
                options: dict[str, Any] | None = None) -> Snapshot:
         self.warnings = []
-        group = self.group(group_name)
-        snap = self.snapshot(group_name, name)
-        if snap.state is not SnapshotState.COMPLETE:
-            raise Conflict(f"snapshot {name!r} is {snap.state.value}, not complete; run 'snaptree recover'")
-        invalid = [m for m in snap.members if not m.valid]
-        if invalid:
-            raise NotSupported(
-                f"snapshot {name!r} cannot be reverted to: member {invalid[0].backend}:"
-                f"{invalid[0].locator} is invalid")
-        options = dict(options or {})
-        options["memory"] = snap.memory is not None and not disks_only
-        options["disks_only"] = disks_only
-        ctx = self.context(group, snap.snapshot_id, name, options)
-        ctx.scratch["snapshot"] = snap
-        members_by_spec = {m.volume.spec: m for m in snap.members}
-        missing = [v.spec for v in group.volumes if v.spec not in members_by_spec]
-        if missing:
-            raise NotSupported(f"snapshot {name!r} has no member for {missing[0]}")
-        batches = batches_for(self.plugins, group.volumes)
-        self._prepare("revert", batches, ctx, members=list(snap.members))
+        self.group(group_name)  # no lock file for a group that does not exist
+        with self.locked(group_name):
+            group = self.group(group_name)
+            snap = self.snapshot(group_name, name)
+            if snap.state is not SnapshotState.COMPLETE:
+                raise Conflict(f"snapshot {name!r} is {snap.state.value}, not complete; "
+                               "run 'snaptree recover'")
+            invalid = [m for m in snap.members if not m.valid]
+            if invalid:
+                raise NotSupported(
+                    f"snapshot {name!r} cannot be reverted to: member {invalid[0].backend}:"
+                    f"{invalid[0].locator} is invalid")
+            options = dict(options or {})
+            options["memory"] = snap.memory is not None and not disks_only
+            options["disks_only"] = disks_only
+            ctx = self.context(group, snap.snapshot_id, name, options)
+            ctx.scratch["snapshot"] = snap
+            members_by_spec = {m.volume.spec: m for m in snap.members}
+            missing = [v.spec for v in group.volumes if v.spec not in members_by_spec]
+            if missing:
+                raise NotSupported(f"snapshot {name!r} has no member for {missing[0]}")
+            batches = batches_for(self.plugins, group.volumes)
+            self._prepare("revert", batches, ctx, members=list(snap.members))
 
-        with group_lock(self.state_dir, group_name, self.lock_timeout), \
-                self._operation(group, "revert", ctx) as span:
-            previous = self.catalog.current_id(group_name)
-            with self.catalog.write("revert-begin") as db:
-                op_id = self.catalog.journal_begin(
-                    group_name, "revert", snap.snapshot_id,
-                    {"previous": previous, "disks_only": disks_only}, db)
-            done: list[str] = []
-            suspended = False
-            try:
-                if snap.memory is not None or group.qmp_socket:
-                    # every disk, of any backend, must stand still while the VM goes
-                    # back; a plugin that must restart the VM does it on resume
-                    ctx.scratch["vm_hooks"] = True
-                    suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
-                                                group=group, ctx=ctx))
-                for backend, volumes in batches:
-                    members = [members_by_spec[v.spec] for v in volumes]
-                    self._call(f"revert:{backend}", self.hook.snaptree_revert,
-                               backend=backend, members=members, ctx=ctx)
-                    done.extend(v.spec for v in volumes)
-                    ctx.progress(len(done), len(group.volumes), f"revert {name}")
-                if options["memory"]:
-                    restored = self._call("memory-restore", self.hook.snaptree_memory_restore,
-                                          group=group, snapshot=snap, ctx=ctx)
-                    if not restored:
-                        raise NotSupported(f"no plugin can restore VM memory for group {group_name!r}")
-                if suspended:
-                    self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
-                    suspended = False
-                span.end()
-                with self.catalog.write("revert-commit") as db:
-                    self.catalog.set_current(group_name, snap.snapshot_id, db)
-                    self.catalog.journal_finish(op_id, "done", db)
-            except BaseException as err:
-                if suspended:
-                    try:
-                        self.hook.snaptree_vm_resume(group=group, ctx=ctx)
-                    except Exception:
-                        pass  # the revert error is the one to report
-                span.end(err)
-                message = str(err) or type(err).__name__
-                if done:
-                    message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"
-                with self.catalog.write("revert-failed") as db:
-                    self.catalog.journal_finish(op_id, "failed", db, error=message)
-                if isinstance(err, SnaptreeError):
-                    err.message = message
-                raise
-        return self.catalog.get_snapshot_by_id(snap.snapshot_id)
+            with self._operation(group, "revert", ctx) as span:
+                previous = self.catalog.current_id(group_name)
+                with self.catalog.write("revert-begin") as db:
+                    op_id = self.catalog.journal_begin(
+                        group_name, "revert", snap.snapshot_id,
+                        {"previous": previous, "disks_only": disks_only}, db)
+                done: list[str] = []
+                suspended = False
+                try:
+                    if snap.memory is not None or group.qmp_socket:
+                        # every disk, of any backend, must stand still while the VM goes
+                        # back; a plugin that must restart the VM does it on resume
+                        ctx.scratch["vm_hooks"] = True
+                        suspended = bool(self._call("vm-suspend", self.hook.snaptree_vm_suspend,
+                                                    group=group, ctx=ctx))
+                    for backend, volumes in batches:
+                        members = [members_by_spec[v.spec] for v in volumes]
+                        self._call(f"revert:{backend}", self.hook.snaptree_revert,
+                                   backend=backend, members=members, ctx=ctx)
+                        done.extend(v.spec for v in volumes)
+                        ctx.progress(len(done), len(group.volumes), f"revert {name}")
+                    if options["memory"]:
+                        restored = self._call("memory-restore", self.hook.snaptree_memory_restore,
+                                              group=group, snapshot=snap, ctx=ctx)
+                        if not restored:
+                            raise NotSupported(
+                                f"no plugin can restore VM memory for group {group_name!r}")
+                    if suspended:
+                        self._call("vm-resume", self.hook.snaptree_vm_resume, group=group, ctx=ctx)
+                        suspended = False
+                    span.end()
+                    with self.catalog.write("revert-commit") as db:
+                        self.catalog.set_current(group_name, snap.snapshot_id, db)
+                        self.catalog.journal_finish(op_id, "done", db)
+                except BaseException as err:
+                    if suspended:
+                        try:
+                            self.hook.snaptree_vm_resume(group=group, ctx=ctx)
+                        except Exception:
+                            pass  # the revert error is the one to report
+                    span.end(err)
+                    message = str(err) or type(err).__name__
+                    if done:
+                        message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"
+                    with self.catalog.write("revert-failed") as db:
+                        self.catalog.journal_finish(op_id, "failed", db, error=message)
+                    if isinstance(err, SnaptreeError):
+                        err.message = message
+                    raise
+            return self.catalog.get_snapshot_by_id(snap.snapshot_id)
 
     # -- delete ---------------------------------------------------------------
 
@@ -426,16 +441,20 @@ class Coordinator:
                options: dict[str, Any] | None = None) -> list[str]:
         """Delete a snapshot (and its subtree with ``children``); returns names deleted."""
         self.warnings = []
-        group = self.group(group_name)
-        snap = self.snapshot(group_name, name)
-        ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
-        snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
-        batches = batches_for(self.plugins, group.volumes)
-        for s in snaps:
-            ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
-            self._prepare("delete", batches, ctx, members=list(s.members))
-
-        with group_lock(self.state_dir, group_name, self.lock_timeout):
+        self.group(group_name)  # no lock file for a group that does not exist
+        before = self.catalog.get_snapshot(group_name, name)
+        with self.locked(group_name):
+            group = self.group(group_name)
+            if (before is not None and before.state is SnapshotState.DELETING
+                    and self.catalog.get_snapshot_by_id(before.snapshot_id) is None):
+                return [name]  # a delete that had failed, finished as the lock was taken
+            snap = self.snapshot(group_name, name)
+            ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
+            snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
+            batches = batches_for(self.plugins, group.volumes)
+            for s in snaps:
+                ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
+                self._prepare("delete", batches, ctx, members=list(s.members))
             with self.catalog.write("delete-begin") as db:
                 op_id = self.catalog.journal_begin(group_name, "delete", snap.snapshot_id,
                                                    {"ids": ids}, db)
@@ -450,6 +469,10 @@ class Coordinator:
             except BaseException as err:
                 with self.catalog.write("delete-failed") as db:
                     self.catalog.journal_update(op_id, {"ids": ids, "error": str(err)}, db)
+                if isinstance(err, SnaptreeError):
+                    err.message = (f"{err.one_line()} (snapshot {name!r} stays 'deleting': "
+                                   "'snaptree recover', or the next operation on the group, "
+                                   "finishes the delete)")
                 raise
         return [s.name for s in snaps]
 

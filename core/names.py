@@ -38,6 +38,9 @@ def check_name(name: object, what: str = "snapshot name") -> str:
         category = unicodedata.category(ch)
         if category in ("Cc", "Cs", "Co", "Cn", "Zl", "Zp"):
             raise InvalidInput(f"{what} {name!r} contains a control or invalid character")
+        if category == "Cf":  # invisible: zero-width, bidi overrides
+            raise InvalidInput(f"{what} {name!r} contains an invisible formatting character "
+                               f"(U+{ord(ch):04X})")
     return name
 
 

@@ -18,7 +18,8 @@ from .errors import SnaptreeError
 from .locking import try_group_lock
 from .model import Group, MemberSnapshot, SnapshotState
 
-__all__ = ["recover", "check", "needs_recovery", "RecoveryReport", "DriftReport"]
+__all__ = ["recover", "recover_held", "check", "needs_recovery", "RecoveryReport",
+           "DriftReport"]
 
 
 @attrs.define
@@ -78,11 +79,28 @@ def recover(coord: Coordinator, group_name: str | None = None) -> RecoveryReport
                 if catalog.has_open_journal(name):
                     report.skipped_groups.append(name)
                 continue
-            try:
-                _recover_group(coord, group, report)
-            except SnaptreeError as err:
-                report.errors.append(f"{name}: {err.one_line()}")
+            _recover_or_report(coord, group, report)
     return report
+
+
+def recover_held(coord: Coordinator, group_name: str) -> RecoveryReport:
+    """:func:`recover` for one group whose lock the caller holds already."""
+    report = RecoveryReport()
+    group = coord.catalog.get_group(group_name)
+    if group is not None:
+        _recover_or_report(coord, group, report)
+    return report
+
+
+def _recover_or_report(coord: Coordinator, group: Group, report: RecoveryReport) -> None:
+    try:
+        # A backend no installed plugin implements answers nothing, which
+        # would read as "nothing there": refuse instead, entries left open.
+        for volume in group.volumes:
+            coord.plugins.backend(volume.backend)
+        _recover_group(coord, group, report)
+    except SnaptreeError as err:
+        report.errors.append(f"{group.name}: {err.one_line()}")
 
 
 def stale_epochs(catalog, group_name: str) -> list[str]:
@@ -208,6 +226,7 @@ def check(coord: Coordinator, group_name: str) -> DriftReport:
     known_ids = {s.snapshot_id: s for s in snaps}
     for volume in group.volumes:
         try:
+            coord.plugins.backend(volume.backend)  # else nothing answers: not "nothing there"
             listed = list(coord.hook.snaptree_list(backend=volume.backend, volume=volume) or ())
         except SnaptreeError as err:
             report.unreadable.append({"volume": volume.spec, "error": err.one_line()})

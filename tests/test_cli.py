@@ -73,6 +73,9 @@ def test_lifecycle_and_json(capsys, env):
     (["group", "create", "g2", "no-colon"], 2, "BACKEND:LOCATOR"),
     (["create", "vm", "snap", "-o", "novalue"], 2, "KEY=VALUE"),
     (["create", "vm", "m", "--memory"], 2, "QMP socket"),
+    (["create", "vm", "x\u200by"], 2, "invisible formatting character (U+200B)"),
+    (["create", "vm", "\u202eabc"], 2, "invisible formatting character (U+202E)"),
+    (["journal", "nosuch"], 3, "no group named 'nosuch'"),
 ])
 def test_bad_input_one_line_and_nothing_changed(capsys, env, args, code, text):
     state, disk = env
@@ -124,3 +127,55 @@ def test_module_entry_point_runs(env):
     assert result.returncode == 0, result.stderr
     result = run_cli(["--json", "group", "list"], str(state))
     assert json.loads(result.stdout)[0]["name"] == "vm"
+
+
+@pytest.mark.parametrize("args", [["--wait", "nan", "list", "vm"], ["--wait", "-1", "list", "vm"],
+                                  ["--wait", "inf", "list", "vm"], ["journal", "--limit", "-1"],
+                                  ["journal", "--limit", "0"]])
+def test_numbers_out_of_range_are_exit_2(capsys, env, args):
+    state, _ = env
+    with pytest.raises(SystemExit) as exc:
+        main(["--state-dir", str(state), *args])
+    assert exc.value.code == 2
+    assert "is not a" in capsys.readouterr().err
+
+
+def test_an_empty_state_dir_is_refused_not_replaced_by_the_default(capsys, env, monkeypatch):
+    state, disk = env
+    monkeypatch.setenv("SNAPTREE_STATE_DIR", str(state))
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    code, out, err = st(capsys, "", "group", "list")
+    assert code == 2 and out == "" and err.startswith("snaptree: error: ")
+
+
+def test_the_state_dir_cannot_be_a_volume(capsys, env, tmp_path):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    st(capsys, state, "create", "vm", "a")  # writes the audit log too
+    link = tmp_path / "catalog-link"
+    os.link(state / "catalog.sqlite", link)
+    for volume in (state / "catalog.sqlite", link, state / "audit.jsonl"):
+        code, _, err = st(capsys, state, "group", "create", "self", f"raw:{volume}")
+        assert code == 2 and "holds snaptree's own state" in err
+    code, out, _ = st(capsys, state, "--json", "group", "list")
+    assert [g["name"] for g in json.loads(out)] == ["vm"]
+
+
+def test_a_reader_that_goes_away_ends_quietly(env):
+    import subprocess
+    import sys
+    state, disk = env
+    from snaptree import Snaptree
+    with Snaptree(str(state)) as api:
+        api.create_group("vm", [f"raw:{disk}"])
+        for i in range(250):  # more JSON than a pipe holds
+            api.create("vm", f"s{i}")
+    argv = [sys.executable, "-m", "snaptree", "--state-dir", str(state), "--json", "list", "vm"]
+    child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env) as proc:
+        proc.stdout.read(10)
+        proc.stdout.close()  # as `| head -c 10` does
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert "internal error" not in err and "Traceback" not in err and "Exception" not in err
+    assert code in (0, 141)
