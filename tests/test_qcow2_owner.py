@@ -13,6 +13,7 @@ import pytest
 
 from qemu_fixtures import make_images
 from snaptree import Snaptree
+from snaptree.errors import BackendError
 from snaptree_qcow2 import active_image
 from snaptree_qcow2.layout import snapshot_dir
 
@@ -59,7 +60,32 @@ def test_overlays_belong_to_the_image_owner(folder, vm_user):
             found = os.stat(image)
             assert (found.st_uid, found.st_gid) == (vm_user.pw_uid, vm_user.pw_gid)
             assert stat.S_IMODE(found.st_mode) == 0o600
+        # the folder stays root's: the VM user passes through it, cannot write in it
         found = os.stat(snapshot_dir(disk))
-        assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (vm_user.pw_uid, 0o700)
+        assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (0, 0o711)
+        planted = subprocess.run(["runuser", "-u", vm_user.pw_name, "--", "ln", "-s", "/etc/passwd",
+                                  os.path.join(snapshot_dir(disk), "active.partial")],
+                                 capture_output=True, text=True)
+        assert planted.returncode != 0 and "Permission denied" in planted.stderr
         assert all(os.stat(os.path.join(snapshot_dir(disk), name)).st_uid == vm_user.pw_uid
                    for name in os.listdir(snapshot_dir(disk)) if name.endswith(".qcow2"))
+
+
+def test_a_folder_another_user_can_write_to_is_refused(folder, vm_user):
+    """As root, snaptree creates and renames files in the folder: one the VM
+    user could write to would let that user point those names anywhere."""
+    [disk] = make_images(folder, 1)
+    os.chown(disk, vm_user.pw_uid, vm_user.pw_gid)
+    victim = os.path.join(folder, "victim")
+    with open(victim, "w") as handle:
+        handle.write("root's own data")
+    with Snaptree(os.path.join(folder, "state")) as api:
+        api.create_group("vm", [f"qcow2:{disk}"], options={"qcow2.mode": "external"})
+        api.create("vm", "e1")
+        os.chown(snapshot_dir(disk), vm_user.pw_uid, vm_user.pw_gid)  # as an older layout had it
+        os.symlink(victim, os.path.join(snapshot_dir(disk), "active.partial"))
+        with pytest.raises(BackendError, match="only uid 0 .* owns and can write to"):
+            api.create("vm", "e2")
+        assert [s.name for s in api.list("vm")] == ["e1"]
+    with open(victim) as handle:
+        assert handle.read() == "root's own data"

@@ -53,41 +53,52 @@ def snapshot_dir(image: str) -> str:
     return beside(image, ".snaptree")
 
 
-def _folder_mode(image_mode: int) -> int:
-    """A folder mode opening to each class (owner, group, other) the image opens to."""
-    mode = 0o700
-    if image_mode & 0o060:
-        mode |= 0o070 if image_mode & 0o020 else 0o050
-    if image_mode & 0o006:
-        mode |= 0o007 if image_mode & 0o002 else 0o005
-    return mode
-
-
 def adopt(image: str, path: str) -> None:
-    """Give ``path`` (a file or the folder snaptree made) ``image``'s owner and group,
-    and a mode the owner can use."""
+    """Give ``path``, an image snaptree made in ``image``'s folder, ``image``'s
+    owner and group and a mode its owner can use (the image's bits plus owner
+    read-write), so a VM running as that user opens it."""
     try:
         found = os.stat(image)
-        image_mode = stat.S_IMODE(found.st_mode)
-        if os.geteuid() == 0:
-            os.chown(path, found.st_uid, found.st_gid)
-        os.chmod(path, _folder_mode(image_mode) if os.path.isdir(path)
-                 else (image_mode & 0o666) | 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, found.st_uid, found.st_gid)
+            os.fchmod(fd, (stat.S_IMODE(found.st_mode) & 0o666) | 0o600)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise BackendError(f"qcow2: cannot give {path} the owner and mode of {image}: "
                            f"{err.strerror}") from err
 
 
 def make_snapshot_dir(image: str) -> str:
-    """``image``'s folder, made (and given the image's owner, see :func:`adopt`) if missing."""
+    """``image``'s folder, made if missing.
+
+    It stays snaptree's own: only its owner (snaptree's user) may write in
+    it, since snaptree creates and renames files there (as root, another
+    user able to write there could point those names anywhere).  Users the
+    image opens to may pass through it to the images it holds.
+    """
     folder = snapshot_dir(image)
     try:
         os.mkdir(folder, 0o700)
     except FileExistsError:
-        return folder
+        pass
     except OSError as err:
         raise BackendError(f"qcow2: cannot create {folder}: {err.strerror}") from err
-    adopt(image, folder)
+    try:
+        found, disk = os.lstat(folder), os.stat(image)
+        if (not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid()
+                or found.st_mode & 0o022):
+            raise BackendError(
+                f"qcow2: {folder} must be a folder that only uid {os.geteuid()} (snaptree) owns "
+                "and can write to; another user could redirect what snaptree writes there")
+        shared = disk.st_uid != os.geteuid() or disk.st_mode & 0o066
+        wanted = 0o711 if shared else 0o700
+        if stat.S_IMODE(found.st_mode) != wanted:
+            os.chmod(folder, wanted)
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot check {folder}: {err.strerror}") from err
     return folder
 
 

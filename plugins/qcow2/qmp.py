@@ -33,6 +33,11 @@ __all__ = ["QMPSession", "fail_on_command", "reachable"]
 
 log = logging.getLogger("snaptree.qcow2.qmp")
 
+
+def _only_when_debugging(record: logging.LogRecord) -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
+
 #: command names -> exception to raise instead of sending them (tests only)
 _injected: dict[str, BaseException] = {}
 
@@ -67,6 +72,14 @@ class _QuietClient(QMPClient):
     before asking the logger; a reply listing many block nodes costs
     milliseconds that way on every command.
     """
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        # qemu.qmp logs each failure (at ERROR) before raising it, and
+        # QMPSession then reports it once in its own words; a connect
+        # retried after QEMU's one-client-at-a-time EINVAL would print
+        # errors for a command that succeeded.  (Added once per logger.)
+        self.logger.addFilter(_only_when_debugging)
 
     def _cb_outbound(self, msg):
         if self.logger.isEnabledFor(logging.DEBUG):
