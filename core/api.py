@@ -170,7 +170,7 @@ class Snaptree:
         while True:
             # decided under the lock: a create running now cannot slip in
             # between the count and the delete
-            with self.coordinator.locked(name):
+            with self.coordinator.locked(name, "group-delete"):
                 snaps = self.catalog.list_snapshots(name)
                 if snaps and not with_snapshots:
                     raise Conflict(f"group {name!r} has {len(snaps)} snapshot(s); delete them "
@@ -186,22 +186,30 @@ class Snaptree:
 
     # -- snapshots ------------------------------------------------------------
 
-    def _finish_interrupted(self, group: str) -> None:
+    def _finish_interrupted(self, group: str, operation: str) -> None:
         """What an interrupted operation left open on ``group`` is finished
         (or undone) before the next one reads it: the caller holds the lock,
-        so no live process is working there.  A group that cannot be brought
-        back to a known state is refused."""
+        so no live process is working there.  A create, revert or VM start
+        on a group recovery cannot bring back to a known state is refused;
+        deletes go ahead (removing the snapshot a stuck revert aimed at is
+        the way out), with what was left said as a warning."""
+        blocks = operation in ("create", "revert", "start")
+        if not self.auto_recover:
+            if blocks and self.catalog.has_open_journal(group):
+                raise StateError(f"group {group!r} has an unfinished operation; "
+                                 f"run 'snaptree recover {group}' first")
+            return
         if not needs_recovery(self.catalog, group):
             return
-        if not self.auto_recover:
-            raise StateError(f"group {group!r} has an unfinished operation; "
-                             f"run 'snaptree recover {group}' first")
         report = recover_held(self.coordinator, group)
-        if report.errors:
-            raise StateError(f"group {group!r} has an unfinished operation that recover could "
-                             f"not finish ({report.errors[0]}); fix that and run "
-                             f"'snaptree recover {group}'")
         self.coordinator.warnings.extend(f"recovered first: {line}" for line in report.actions)
+        if not report.errors:
+            return
+        if blocks:
+            raise StateError(f"group {group!r} has an unfinished operation that recover could "
+                             f"not finish ({report.errors[0]}); fix that and run 'snaptree "
+                             f"recover {group}', or delete the snapshot it cannot restore")
+        self.coordinator.warnings.extend(f"left unfinished: {e}" for e in report.errors)
 
     def create(self, group: str, name: str | None = None, *, description: str = "",
                memory: bool = False, options: dict[str, Any] | None = None) -> Snapshot:
@@ -231,7 +239,7 @@ class Snaptree:
         toolstack plugin).  Returns volume locator -> file the VM opened.
         """
         self.group(group)
-        with self.coordinator.locked(group):
+        with self.coordinator.locked(group, "start"):
             g = self.group(group)
             ctx = self.coordinator.context(g, "", "", {})
             ctx.scratch["operation"] = "start"

@@ -203,13 +203,16 @@ class Catalog:
         # A group's definition never changes once it is added; the same name
         # added again after a delete is another row (its rowid, its time).
         key = (name, row[0], row[1])
-        defined = self._definitions.get(key)
+        defined = self._definitions.get(key) or self._definition(name)
         if defined is None:
-            defined = self._definitions[key] = self._definition(name)
+            return None  # deleted between the two reads
+        self._definitions[key] = defined
         return attrs.evolve(defined, current=row[3] if row[2] else None, current_id=row[2])
 
-    def _definition(self, name: str) -> Group:
+    def _definition(self, name: str) -> Group | None:
         row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
         volumes = tuple(
             Volume(r["backend"], r["locator"]) for r in self.conn.execute(
                 "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position", (name,)))

@@ -182,7 +182,8 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
             options["qcow2.mode"] = args.mode
         snap = api.create(args.group, args.name, description=args.description,
                           memory=args.memory, options=options)
-        out.emit(snapshot_dict(snap), f"snapshot {snap.name!r} of group {args.group!r} created")
+        out.emit(snapshot_dict(snap, snap.name),
+                 f"snapshot {snap.name!r} of group {args.group!r} created")
         return 0
     if cmd == "list":
         current = api.group(args.group).current
@@ -199,11 +200,13 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         return 0
     if cmd == "current":
         snap = api.current(args.group)
-        out.emit(None if snap is None else snapshot_dict(snap), snap.name if snap else "(none)")
+        out.emit(None if snap is None else snapshot_dict(snap, snap.name),
+                 snap.name if snap else "(none)")
         return 0
     if cmd == "parent":
         snap = api.parent(args.group, args.name)
-        out.emit(None if snap is None else snapshot_dict(snap), snap.name if snap else "(none)")
+        out.emit(None if snap is None else snapshot_dict(snap, api.group(args.group).current),
+                 snap.name if snap else "(none)")
         return 0
     if cmd == "info":
         snap = api.info(args.group, args.name)
@@ -231,7 +234,7 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
     if cmd == "revert":
         snap = api.revert(args.group, args.name, disks_only=args.disks_only,
                           options=_options(args.option))
-        out.emit(snapshot_dict(snap), f"group {args.group!r} reverted to {snap.name!r}")
+        out.emit(snapshot_dict(snap, snap.name), f"group {args.group!r} reverted to {snap.name!r}")
         return 0
     if cmd == "delete":
         names = api.delete(args.group, args.name, children=args.children)

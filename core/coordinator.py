@@ -90,21 +90,22 @@ class Coordinator:
         self.progress = progress
         #: Warnings backends left in ``ctx.scratch["warnings"]`` during the last operation.
         self.warnings: list[str] = []
-        #: Called with a group's name as soon as an operation holds the
+        #: Called with a group's name and the operation (``create``,
+        #: ``revert``, ``delete``, ...) as soon as the operation holds the
         #: group's lock, before it reads the group (the API finishes there
         #: what an interrupted operation left open).
-        self.on_locked: Callable[[str], None] | None = None
+        self.on_locked: Callable[[str, str], None] | None = None
 
     @property
     def hook(self):
         return self.plugins.hook
 
     @contextlib.contextmanager
-    def locked(self, group_name: str) -> Iterator[None]:
-        """Hold ``group_name``'s lock (then call :attr:`on_locked`)."""
+    def locked(self, group_name: str, operation: str) -> Iterator[None]:
+        """Hold ``group_name``'s lock for ``operation`` (then call :attr:`on_locked`)."""
         with group_lock(self.state_dir, group_name, self.lock_timeout):
             if self.on_locked is not None:
-                self.on_locked(group_name)
+                self.on_locked(group_name, operation)
             yield
 
     # -- helpers --------------------------------------------------------------
@@ -189,7 +190,7 @@ class Coordinator:
         # Everything from here reads the group under its lock, once; the
         # backends' checks too, so nothing they checked can change before
         # the journal entry is written.
-        with self.locked(group_name):
+        with self.locked(group_name, "create"):
             group = self.group(group_name)
             if name is None:
                 name = self._default_name(group_name)
@@ -349,7 +350,7 @@ class Coordinator:
                options: dict[str, Any] | None = None) -> Snapshot:
         self.warnings = []
         self.group(group_name)  # no lock file for a group that does not exist
-        with self.locked(group_name):
+        with self.locked(group_name, "revert"):
             group = self.group(group_name)
             snap = self.snapshot(group_name, name)
             if snap.state is not SnapshotState.COMPLETE:
@@ -443,7 +444,7 @@ class Coordinator:
         self.warnings = []
         self.group(group_name)  # no lock file for a group that does not exist
         before = self.catalog.get_snapshot(group_name, name)
-        with self.locked(group_name):
+        with self.locked(group_name, "delete"):
             group = self.group(group_name)
             if (before is not None and before.state is SnapshotState.DELETING
                     and self.catalog.get_snapshot_by_id(before.snapshot_id) is None):

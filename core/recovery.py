@@ -179,6 +179,9 @@ def _replay_journal(coord: Coordinator, group: Group, entries, report: RecoveryR
             else:
                 with catalog.write("recover-revert") as db:
                     catalog.journal_finish(entry["op_id"], "abandoned", db, error="target gone")
+                report.actions.append(
+                    f"{group.name}: abandoned an interrupted revert: its snapshot is gone, and "
+                    "the volumes may be partly reverted")
         else:
             with catalog.write("recover-unknown") as db:
                 catalog.journal_finish(entry["op_id"], "abandoned", db, error=f"unknown op {op}")

@@ -25,15 +25,15 @@ def group_dict(group: Group, snapshot_count: int | None = None) -> dict[str, Any
     return out
 
 
-def snapshot_dict(snap: Snapshot, current: str | None = None) -> dict[str, Any]:
+def snapshot_dict(snap: Snapshot, current: str | None) -> dict[str, Any]:
+    """``snap`` as JSON; ``current`` is the name of its group's current snapshot."""
     out = {"name": snap.name, "id": snap.snapshot_id, "group": snap.group, "parent": snap.parent,
            "created": snap.created, "description": snap.description, "state": snap.state.value,
            "memory": None if snap.memory is None else {"kind": snap.memory.kind, "ref": snap.memory.ref,
                                                        "size_bytes": snap.memory.size_bytes},
            "members": [{"volume": m.volume.spec, "ref": m.ref, "size_bytes": m.size_bytes,
-                        "valid": m.valid, "data": dict(m.data)} for m in snap.members]}
-    if current is not None:
-        out["current"] = snap.name == current
+                        "valid": m.valid, "data": dict(m.data)} for m in snap.members],
+           "current": snap.name == current}
     return out
 
 

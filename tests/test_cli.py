@@ -179,3 +179,23 @@ def test_a_reader_that_goes_away_ends_quietly(env):
         code = proc.wait(timeout=60)
     assert "internal error" not in err and "Traceback" not in err and "Exception" not in err
     assert code in (0, 141)
+
+
+def test_every_command_shows_a_snapshot_with_the_same_keys(capsys, env):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    shown = {"create": json.loads(st(capsys, state, "--json", "create", "vm", "a")[1])}
+    st(capsys, state, "create", "vm", "b")
+    for args in (["revert", "vm", "a"], ["current", "vm"], ["parent", "vm", "b"],
+                 ["info", "vm", "b"]):
+        code, out, _ = st(capsys, state, "--json", *args)
+        assert code == 0
+        shown[args[0]] = json.loads(out)
+    shown["list"] = json.loads(st(capsys, state, "--json", "list", "vm")[1])[1]
+    keys = {name: set(data) - {"space"} for name, data in shown.items()}
+    for each in (d["members"][0] for d in shown.values()):
+        each.pop("space", None)
+    assert len({frozenset(k) for k in keys.values()}) == 1, keys
+    assert {name: data["current"] for name, data in shown.items()} == {
+        "create": True, "revert": True, "current": True, "parent": True, "info": False,
+        "list": False}

@@ -84,6 +84,26 @@ def test_a_group_recover_cannot_finish_is_refused(tmp_path, disks):
     assert (disks[0].read_bytes(), disks[1].read_bytes()) == (A, B)
 
 
+def test_deleting_the_snapshot_a_stuck_revert_aims_at_frees_the_group(tmp_path, disks):
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    _revert_killed_after_first_disk(state, disks)
+    with Snaptree(state) as api:
+        member = next(m for m in api.info("vm", "a").members if m.locator == str(disks[1]))
+    store = disks[1].parent / f".{disks[1].name}.snaptree"
+    (store / member.ref).unlink()  # snapshot a can never be restored now
+    assert run_cli(["create", "vm", "c"], state).returncode == StateError.exit_code
+    deleted = run_cli(["delete", "vm", "a"], state)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "warning: left unfinished:" in deleted.stderr
+    created = run_cli(["create", "vm", "c"], state)
+    assert created.returncode == 0, created.stderr
+    assert "abandoned an interrupted revert" in created.stderr
+    with Snaptree(state) as api:
+        assert [s.name for s in api.list("vm")] == ["b", "c"]
+        assert not any(e["status"] == "open" for e in api.journal("vm"))
+
+
 def test_without_auto_recover_an_open_entry_refuses_the_operation(tmp_path, disks):
     state = str(tmp_path / "state")
     _two_snapshots(state, disks)
@@ -180,3 +200,18 @@ def test_recover_without_the_backend_leaves_the_entry_open(tmp_path, disks, monk
     with Snaptree(state) as api:
         assert api.recover("vm").errors == []
         assert api.list("vm") == [] and api.check("vm").clean
+
+
+def test_without_auto_recover_a_reboot_alone_does_not_refuse(tmp_path, disks, monkeypatch):
+    """After a reboot a group's old epochs want a sweep for lost creates;
+    that is recover's business, not a reason to refuse work."""
+    state = str(tmp_path / "state")
+    monkeypatch.setenv("SNAPTREE_BOOT_ID", "boot-one")
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"raw:{p}" for p in disks])
+        api.create("vm", "a")
+    monkeypatch.setenv("SNAPTREE_BOOT_ID", "boot-two")
+    with Snaptree(state, auto_recover=False) as api:
+        api.create("vm", "b")
+        api.revert("vm", "a")
+        assert [s.name for s in api.list("vm")] == ["a", "b"]
