@@ -254,3 +254,35 @@ def test_socket_file_nobody_listens_on_means_offline(api, tmp_path):
     assert all(_tags(p) == [snap.snapshot_id] for p in images)
     api.delete("vm", "s1")
     assert all(_tags(p) == [] for p in images)
+
+
+def test_active_commit_completes_once_though_ready_comes_twice(api, tmp_path, processes,
+                                                              monkeypatch):
+    """A job paused while ready (a drain, a VM stopped and resumed) reports
+    "ready" again; the second report can arrive after the job completed.
+    Injected here: the first "ready" event delivered twice."""
+    from qemu.qmp import EventListener
+
+    images = make_images(str(tmp_path), 1)
+    daemon = start_daemon(str(tmp_path), images)
+    processes.append(daemon)
+    api.create_group("vm", [f"qcow2:{images[0]}"], qmp_socket=daemon.qmp_socket,
+                     options={"qcow2.mode": "external"})
+    _nbd_write(daemon, 0, 0x11)
+    api.create("vm", "s1")
+    _nbd_write(daemon, 0, 0x22)
+    real_get = EventListener.get
+    repeated = []
+
+    async def get_twice(self):
+        event = await real_get(self)
+        if event["data"].get("status") == "ready" and not repeated:
+            repeated.append(event)
+            await self.put(event)  # the same report again, behind the first
+        return event
+
+    monkeypatch.setattr(EventListener, "get", get_twice)
+    api.delete("vm", "s1")  # active commit: job-complete on "ready"
+    assert repeated and active_image(images[0]) == images[0]
+    daemon.quit()
+    qemu_io(images[0], "read -P 0x22 0 64k")

@@ -221,6 +221,7 @@ class QMPSession:
                    complete_when_ready, timeout) -> None:
         listener = EventListener("JOB_STATUS_CHANGE")
         deadline = time.monotonic() + timeout
+        completing = False
         # The listener is registered before the command: a short job can
         # conclude before execute() even returns.
         with self._client.listen(listener):
@@ -241,7 +242,10 @@ class QMPSession:
                 if event is None or event["data"].get("id") != job_id:
                     continue
                 status = event["data"]["status"]
-                if status == "ready" and complete_when_ready:
+                if status == "ready" and complete_when_ready and not completing:
+                    # once: a job paused while ready (a stopped VM) reports
+                    # "ready" again on resuming, maybe after it completed
+                    completing = True
                     await self._client.execute("job-complete", {"id": job_id})
                 elif status == "concluded":
                     break
