@@ -338,3 +338,219 @@ def test_thin_pool_out_of_space(api, lvm_vg):
     finally:
         lvm_vg.remove_family(lv)
         cmds.remove(vg, pool)
+
+
+# -- reverts of thick volumes that are inactive, overflowed or mapped --------------------
+
+
+def _member_lv(api, group, snapshot):
+    (member,) = api.info(group, snapshot).members
+    return member.ref.split("/", 1)[1]
+
+
+def test_thick_revert_of_an_inactive_origin_merges_now_and_keeps_the_snapshot(api, make_lv,
+                                                                               lvm_vg):
+    """An inactive origin (VM stopped, LV deactivated) is activated for the
+    merge: LVM would otherwise run it at the next activation, out of sight,
+    and consume the snapshot."""
+    vg, lv, device = make_lv(16)
+    cmds = lvm_vg.cmds
+    api.create_group("g", [f"lvm:{vg}/{lv}"])
+    write_pattern(device, 1)
+    wanted = digest_device(device)
+    api.create("g", "one")
+    write_pattern(device, 2)
+    cmds.deactivate(vg, lv)
+    api.revert("g", "one")
+    assert api.warnings == []
+    origin = cmds.lv(vg, lv)
+    assert not origin.is_active, "the origin is left inactive, as it was found"
+    assert not origin.is_merging and not origin.tags
+    cmds.lvm("lvchange", "-ay", f"{vg}/{lv}")  # the VM's toolstack starts it again
+    assert digest_device(device) == wanted
+    assert cmds.lv(vg, _member_lv(api, "g", "one")) is not None, "the snapshot survived"
+    report = api.recover("g")
+    assert report.errors == [] and report.actions == []
+    assert api.check("g").clean
+    write_pattern(device, 3)
+    api.revert("g", "one")
+    assert digest_device(device) == wanted
+
+
+def test_overflowed_snapshot_of_an_inactive_origin_is_never_reverted(api, make_lv, lvm_vg):
+    """Only an active snapshot shows that it overflowed: the revert looks
+    inside an inactive origin before anything changes."""
+    vg, lv, device = make_lv(16)
+    cmds = lvm_vg.cmds
+    api.create_group("g", [f"lvm:{vg}/{lv}"], options={"lvm.snapshot_size": "4M"})
+    write_pattern(device, 1)
+    api.create("g", "small")
+    write_pattern(device, 2, length=12 * MIB)  # more changed blocks than 4 MiB of COW holds
+    after = digest_device(device)
+    cmds.deactivate(vg, lv)
+    with pytest.raises(NotSupported, match="invalid"):
+        api.revert("g", "small")
+    origin = cmds.lv(vg, lv)
+    assert not origin.is_active and not origin.is_merging and not origin.tags
+    snap = cmds.lv(vg, _member_lv(api, "g", "small"))
+    assert snap is not None and not snap.is_merging
+    cmds.activate(vg, lv)
+    assert digest_device(device) == after, "a refused revert changes nothing"
+    api.delete("g", "small")
+
+
+@pytest.mark.parametrize("finish", ["recover", "delete"])
+def test_deferred_merge_whose_snapshot_overflows_is_a_failed_revert(api, make_lv, lvm_vg,
+                                                                    monkeypatch, finish):
+    """The origin is open, so LVM defers the merge; the VM keeps writing
+    until the snapshot overflows and the merge can never run.  recover (or
+    deleting the snapshot) says the revert failed, removes the invalid
+    snapshot and frees the group, instead of waiting for a merge forever."""
+    from snaptree_lvm import revert as lvm_revert
+
+    monkeypatch.setattr(lvm_revert, "MERGE_TIMEOUT", 60.0)  # a regression fails in a minute
+    vg, lv, device = make_lv(16)
+    cmds = lvm_vg.cmds
+    api.create_group("g", [f"lvm:{vg}/{lv}"], options={"lvm.snapshot_size": "4M"})
+    write_pattern(device, 1)
+    api.create("g", "one")
+    name = _member_lv(api, "g", "one")
+    write_pattern(device, 2)
+    holder = os.open(device, os.O_RDWR)  # the running VM
+    try:
+        api.revert("g", "one")
+        assert any("deferred" in w for w in api.warnings), api.warnings
+        write_pattern(device, 3, offset=2 * MIB, length=12 * MIB)  # the VM keeps writing
+        assert cmds.lv(vg, name).is_invalid
+        report = api.recover("g")
+        assert report.errors == []
+        assert any("overflowed" in line and "close the volume" in line
+                   for line in report.actions), report.actions
+    finally:
+        os.close(holder)
+    written = digest_device(device)
+    if finish == "recover":
+        report = api.recover("g")
+        assert report.errors == []
+        assert any("failed" in line and "keeps its current content" in line
+                   and "removed" in line for line in report.actions), report.actions
+        api.delete("g", "one")
+    else:
+        api.delete("g", "one")
+    assert cmds.lv(vg, name) is None
+    origin = cmds.lv(vg, lv)
+    assert not origin.is_merging and not origin.tags
+    assert digest_device(device) == written, "the volume keeps what the VM wrote"
+    api.create("g", "two")
+    assert [s.name for s in api.list("g")] == ["two"]
+    assert api.recover("g").errors == []
+
+
+def _mbr_with_one_partition(device: str) -> None:
+    _write_mbr(device, [(2048, 8192)])
+
+
+def test_delete_of_a_mapped_snapshot_is_refused_before_anything_changes(api, make_lv):
+    vg, lv, device = make_lv(16, thin=True)
+    _mbr_with_one_partition(device)
+    api.create_group("g", [f"lvm:{vg}/{lv}"])
+    api.create("g", "one")
+    (member,) = api.info("g", "one").members
+    mapped = api.plugins.hook.snaptree_map_snapshot(backend="lvm", member=member)
+    assert len(mapped) == 1
+    with pytest.raises(VolumeInUse, match=r"unmap it first \(snaptree unmap g one\)"):
+        api.delete("g", "one")
+    assert api.info("g", "one").state.value == "complete", "not left 'deleting'"
+    api.create("g", "two")  # the group is not blocked
+    api.plugins.hook.snaptree_unmap_snapshot(backend="lvm", member=member)
+    api.delete("g", "one")
+    assert [s.name for s in api.list("g")] == ["two"]
+
+
+def test_a_failed_lvremove_of_a_held_snapshot_is_volume_in_use(make_lv, lvm_vg):
+    """LVM's "is used by another device" (a kpartx map holds the LV) is VolumeInUse."""
+    vg, lv, device = make_lv(16, thin=True)
+    _mbr_with_one_partition(device)
+    cmds = lvm_vg.cmds
+    cmds.create_thin_snapshot(vg, lv, lv + ".held")
+    cmds.activate(vg, lv + ".held")
+    held = f"/dev/mapper/{vg}-{lv}.held"
+    cmds.tool(["kpartx", "-a", "-r", "-s", held])
+    try:
+        with pytest.raises(VolumeInUse, match="used by another device"):
+            cmds.remove(vg, lv + ".held")
+    finally:
+        cmds.tool(["kpartx", "-d", "-s", held])
+
+
+def _longest_accepted(vg: str, unit: str) -> str:
+    """The longest LV name made of ``unit`` repeated that the backend accepts in ``vg``."""
+    from snaptree_lvm.names import parse_locator
+
+    name = ""
+    while True:
+        longer = (unit * 200)[: len(name) + 1]
+        try:
+            parse_locator(f"{vg}/{longer}")
+        except SnaptreeError:
+            return name
+        name = longer
+
+
+@pytest.mark.parametrize("unit", ["n", "n-"], ids=["plain", "hyphens"])
+def test_longest_accepted_thin_name_reverts(api, lvm_vg, unit):
+    """Every name snaptree derives from the longest LV name it accepts fits
+    LVM (``vg/lv`` under 128) and device-mapper (hyphens doubled)."""
+    vg = lvm_vg.vg
+    lv = _longest_accepted(vg, unit)
+    device = lvm_vg.create(lv, 8, thin=True)
+    try:
+        api.create_group("g", [f"lvm:{vg}/{lv}"])
+        write_pattern(device, 1)
+        wanted = digest_device(device)
+        api.create("g", "one")
+        write_pattern(device, 2)
+        api.revert("g", "one")
+        assert digest_device(device) == wanted
+        api.delete("g", "one")
+    finally:
+        lvm_vg.remove_family(lv)
+
+
+def test_thin_revert_keeps_the_volumes_tags_and_activation_settings(api, make_lv, lvm_vg):
+    vg, lv, device = make_lv(8, thin=True)
+    cmds = lvm_vg.cmds
+    cmds.lvm("lvchange", "--addtag", "vmhost1", "--addtag", "owner=ops", f"{vg}/{lv}")
+    cmds.lvm("lvchange", "--setautoactivation", "n", f"{vg}/{lv}")
+    cmds.set_skip_activation(vg, lv, True)
+    api.create_group("g", [f"lvm:{vg}/{lv}"])
+    write_pattern(device, 1)
+    wanted = digest_device(device)
+    api.create("g", "one")
+    write_pattern(device, 2)
+    before = cmds.lv(vg, lv)
+    api.revert("g", "one")
+    after = cmds.lv(vg, lv)
+    assert after.uuid != before.uuid, "a new LV took the volume's place"
+    assert sorted(after.tags) == ["owner=ops", "vmhost1"]
+    assert after.skips_activation
+    assert cmds.autoactivation(vg, lv) is False
+    assert after.is_active, "active before, active after"
+    assert digest_device(device) == wanted
+
+
+def test_out_of_space_names_the_lvm_command(api, lvm_vg):
+    """The runner reports LVM's "insufficient free space" as OutOfSpace itself; the
+    message still names the LVM command (lvcreate), not the 'lvm' binary."""
+    vg, cmds = lvm_vg.vg, lvm_vg.cmds
+    lv = lvm_vg.unique("big")
+    # a full-size snapshot of an LV bigger than half the free space cannot fit
+    mib = cmds.vg_free_bytes(vg) // MIB // 2 + 8
+    lvm_vg.create(lv, mib, zero=False)
+    try:
+        api.create_group("g", [f"lvm:{vg}/{lv}"], options={"lvm.snapshot_size": "100%ORIGIN"})
+        with pytest.raises(OutOfSpace, match=r"^lvm: lvcreate failed: .*insufficient free space"):
+            api.create("g", "huge")
+        assert api.list("g") == []
+    finally:
+        lvm_vg.remove_family(lv)

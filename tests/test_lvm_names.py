@@ -9,6 +9,7 @@ from snaptree_lvm import LvmBackend
 from snaptree_lvm.backend import check_snapshot_size
 from snaptree_lvm.lvmcmd import LvmCommands
 from snaptree_lvm.names import (
+    generated_names,
     match_snapshot_lv,
     parse_locator,
     revert_old_name,
@@ -34,7 +35,12 @@ BAD_LOCATORS = [
     "vg/data_tmeta",           # reserved infixes
     "vg/x_mlog",
     "vg/x_rimage_0",
+    "vg/x_cpool",
+    "vg/data_cvol",
+    "vg/x_imeta",
     "vg/" + "l" * 120,         # too long once a snapshot suffix is added
+    "rv/" + "b" * 93,          # the thin revert's temporary would be "rv/...": 128, too long
+    "rv/" + "a-" * 31,         # fits only while device-mapper's doubled hyphens are ignored
 ]
 
 
@@ -104,3 +110,32 @@ def test_capabilities_are_declared():
     assert info.capabilities.revert_to_any
     assert not info.capabilities.atomic_batch
     assert set(info.required_tools) == {"lvm", "kpartx"}
+
+
+def _longest_accepted(vg: str, unit: str) -> str:
+    name = ""
+    while True:
+        longer = (unit * 200)[: len(name) + 1]
+        try:
+            parse_locator(f"{vg}/{longer}")
+        except InvalidInput:
+            return name
+        name = longer
+
+
+@pytest.mark.parametrize("vg, unit", [("vg0", "d"), ("vg0", "d-"), ("vg-with-hyphens", "d-"),
+                                      ("v" * 60, "d")])
+def test_every_generated_name_of_the_longest_accepted_lv_fits_lvm(vg, unit):
+    """LVM refuses an LV once len(vg) + len(lv) + 3 reaches 128, and device-mapper a
+    name (hyphens doubled, plus -real, -cow or a partition suffix) of 128 or more;
+    the longest LV name accepted leaves every derived name inside both."""
+    lv = _longest_accepted(vg, unit)
+    assert len(lv) > 10
+    lv_names, dm_names = generated_names(vg, lv)
+    assert any(".snaptree-new." in n for n in lv_names)
+    assert all(len(vg) + len(n) + 3 < 128 for n in lv_names)
+    assert all(len(n) < 128 for n in dm_names)
+    assert any("--new." in n for n in dm_names), "device-mapper doubles the hyphens"
+    with pytest.raises(InvalidInput) as caught:
+        parse_locator(f"{vg}/{(unit * 200)[: len(lv) + 1]}")
+    assert "too long" in caught.value.message and "\n" not in caught.value.message

@@ -31,7 +31,16 @@ from snaptree.markers import hookimpl
 from . import mapping
 from .lvmcmd import LvInfo, LvmCommands
 from .names import match_snapshot_lv, parse_locator, snapshot_lv_name
-from .revert import SNAPSHOT_TAG, finish_thick, finish_thin, pending_tags, revert_thick, revert_thin
+from .revert import (
+    SNAPSHOT_TAG,
+    drop_failed_merge,
+    finish_thick,
+    finish_thin,
+    pending_tags,
+    restore_inactive,
+    revert_thick,
+    revert_thin,
+)
 
 __all__ = ["LvmBackend", "DEFAULT_SNAPSHOT_SIZE", "check_snapshot_size"]
 
@@ -50,6 +59,12 @@ def check_snapshot_size(value: object) -> str:
     if _ABSOLUTE_SIZE.match(text) and float(re.sub(r"[^0-9.]", "", text)) > 0:
         return text
     raise InvalidInput(f"lvm.snapshot_size {value!r} must be N%ORIGIN (1-100) or a size like 512M")
+
+
+def _unmap_hint(ctx) -> str:
+    if ctx is None or not getattr(ctx, "snapshot_name", ""):
+        return "snaptree unmap GROUP SNAPSHOT"
+    return f"snaptree unmap {ctx.group.name} {ctx.snapshot_name}"
 
 
 class LvmBackend(VolumeBackend):
@@ -117,20 +132,37 @@ class LvmBackend(VolumeBackend):
                     raise Conflict(f"lvm: {vg}/{snapshot_lv_name(lv, ctx.snapshot_id)} exists")
         if operation == "revert":
             for member in ctx.scratch.get("members", []):
-                self._check_revertible(member)
+                self._check_revertible(member, ctx)
+        if operation == "delete":
+            for member in ctx.scratch.get("members", []):
+                self._check_deletable(member, ctx)
 
-    def _check_revertible(self, member: MemberSnapshot) -> LvInfo:
+    def _check_revertible(self, member: MemberSnapshot, ctx=None, *, look_inside=True) -> LvInfo:
+        """Refuse a revert that cannot work; ``look_inside`` activates an inactive
+        thick origin for a moment to see whether the snapshot overflowed."""
         vg, lv, name = self._member_lv(member)
         existing = self.commands.lv_map(vg)
-        snap = existing.get(name)
+        snap, origin = existing.get(name), existing.get(lv)
         if snap is None:
             raise SnapshotNotFound(f"lvm: snapshot LV {vg}/{name} is missing; cannot revert")
+        if origin is None:
+            raise VolumeNotFound(f"lvm: logical volume {vg}/{lv} does not exist")
+        if look_inside and not snap.is_thin and not snap.is_merging and not origin.is_active:
+            # device-mapper alone knows whether a thick snapshot overflowed: look while active
+            # (not for a merging one: activating the origin would start its merge)
+            self.commands.activate(vg, lv)
+            try:
+                existing = self.commands.lv_map(vg)
+            finally:
+                restore_inactive(self.commands, vg, lv)
+            snap, origin = existing.get(name, snap), existing.get(lv, origin)
         if snap.is_invalid:
             raise NotSupported(f"lvm: snapshot {vg}/{name} overflowed its copy-on-write space "
                                "and is invalid; it cannot be reverted to")
-        origin = existing.get(lv)
-        if origin is None:
-            raise VolumeNotFound(f"lvm: logical volume {vg}/{lv} does not exist")
+        if not snap.is_thin and snap.is_open and not snap.is_merging:
+            # LVM would defer the merge while the snapshot is open, as for an open origin
+            raise VolumeInUse(f"lvm: snapshot {vg}/{name} is open (mapped?); unmap it first "
+                              f"({_unmap_hint(ctx)})")
         if snap.is_thin and origin.is_open:
             raise VolumeInUse(f"lvm: thin volume {vg}/{lv} is open; close it (stop the VM, "
                               "unmount) to revert")
@@ -165,7 +197,8 @@ class LvmBackend(VolumeBackend):
     def revert(self, members, ctx):
         for member in members:
             vg, lv, name = self._member_lv(member)
-            snap = self._check_revertible(member)
+            # revert_thick looks inside an inactive origin itself, once it is active
+            snap = self._check_revertible(member, ctx, look_inside=False)
             if snap.is_thin:
                 revert_thin(self.commands, vg, lv, member.snapshot_id)
                 continue
@@ -173,20 +206,39 @@ class LvmBackend(VolumeBackend):
             if warning:
                 ctx.scratch.setdefault("warnings", []).append(warning)
 
+    def _check_deletable(self, member: MemberSnapshot, ctx=None) -> None:
+        """Refuse, before the delete is journalled, what ``lvremove`` would refuse."""
+        vg, lv, name = self._member_lv(member)
+        existing = self.commands.lv_map(vg)
+        snap, origin = existing.get(name), existing.get(lv)
+        if snap is None:
+            return
+        if snap.is_merging:
+            if not snap.is_invalid:
+                raise Conflict(f"lvm: {vg}/{name} is being merged into {lv}; run 'snaptree "
+                               "recover' once the volume is closed, then delete")
+            if origin is not None and origin.is_open:
+                raise VolumeInUse(f"lvm: {vg}/{name} overflowed while LVM waited to merge it "
+                                  f"into {lv}; close {vg}/{lv} to delete it")
+        elif snap.is_open:
+            raise VolumeInUse(f"lvm: snapshot {vg}/{name} is open (mapped?); unmap it first "
+                              f"({_unmap_hint(ctx)})")
+
     def delete(self, members, ctx):
         for member in members:
             vg, lv, name = self._member_lv(member)
+            self._check_deletable(member, ctx)
             existing = self.commands.lv_map(vg)
-            origin = existing.get(lv)
+            origin, snap = existing.get(lv), existing.get(name)
             if origin is not None:
                 for tag, _kind, snapshot_id, _size in pending_tags(origin.tags):
                     if snapshot_id == member.snapshot_id:
-                        snap = existing.get(name)
                         if snap is not None and snap.is_merging:
-                            raise Conflict(f"lvm: {vg}/{name} is being merged into {lv}; "
-                                           "run 'snaptree recover' once the volume is closed")
+                            # an overflowed snapshot whose merge can never run (checked above)
+                            drop_failed_merge(self.commands, vg, lv, name)
+                            snap = None
                         self.commands.del_tag(vg, lv, tag)  # do not re-create a deleted snapshot
-            if name in existing:
+            if snap is not None:
                 self.commands.remove(vg, name)
 
     def list(self, volume):

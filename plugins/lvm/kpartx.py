@@ -10,15 +10,11 @@ from __future__ import annotations
 import os
 
 from .lvmcmd import LvmCommands
+from .names import dm_name
 
 __all__ = ["dm_name", "partition_names", "add_partitions", "delete_partitions", "MAPPER_DIR"]
 
 MAPPER_DIR = "/dev/mapper"
-
-
-def dm_name(vg: str, lv: str) -> str:
-    """The device-mapper name LVM gives ``vg/lv`` (hyphens doubled, joined by one)."""
-    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
 
 def partition_names(cmds: LvmCommands, device: str) -> list[str]:

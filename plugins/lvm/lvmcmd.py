@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from typing import Any, Sequence
 
 import attrs
@@ -55,6 +56,7 @@ _STDERR_CLASSES: tuple[tuple[str, type[BackendError]], ...] = (
     ("out of data space", OutOfSpace),
     ("No space left on device", OutOfSpace),
     ("in use", VolumeInUse),
+    ("used by another device", VolumeInUse),     # held by a kpartx partition map, say
     ("is open", VolumeInUse),
     ("busy", VolumeInUse),
     ("Failed to find logical volume", VolumeNotFound),
@@ -85,23 +87,27 @@ def _reason(stderr: str) -> str:
     return (useful or lines or [""])[0]
 
 
-def map_lvm_failure(err: CommandFailed) -> BackendError:
+def map_lvm_failure(err: BackendError) -> BackendError:
     """Turn a failed command into the most precise error of the tree.
 
-    The message names the LVM command and the line of stderr that explains
-    the failure; the whole stderr stays in ``detail``.
+    ``err`` is what the runner raised: a :class:`CommandFailed`, or an
+    :class:`OutOfSpace` it recognised itself.  The message names the LVM
+    command and the line of stderr that explains the failure; the whole
+    stderr stays in ``detail``.
     """
-    stderr = err.stderr or ""
+    stderr = getattr(err, "stderr", "") or ""
+    argv = getattr(err, "argv", None) or []
     reason = _reason(stderr)
-    if reason and err.argv:
-        command = err.argv[1] if os.path.basename(err.argv[0]) == "lvm" else err.argv[0]
+    if reason and argv:
+        command = argv[1] if os.path.basename(argv[0]) == "lvm" else argv[0]
         err.message = f"lvm: {os.path.basename(command)} failed: {reason}"
     for fragment, cls in _STDERR_CLASSES:
         if fragment in stderr:
             if isinstance(err, cls):
                 return err
             mapped = cls(err.message, detail=stderr)
-            mapped.argv, mapped.returncode, mapped.stderr = err.argv, err.returncode, stderr
+            mapped.argv, mapped.stderr = argv, stderr
+            mapped.returncode = getattr(err, "returncode", None)
             return mapped
     return err
 
@@ -213,20 +219,20 @@ class LvmCommands:
             parts.append(self.extra_config)
         return ["--config", " ".join(parts)] if parts else []
 
+    def _run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+        """Run ``argv`` through the runner; every failure of the command is mapped once."""
+        try:
+            return self.runner.run(argv, **kwargs)
+        except (CommandFailed, OutOfSpace) as err:  # the runner makes ENOSPC an OutOfSpace
+            raise map_lvm_failure(err) from err
+
     def lvm(self, command: str, *args: str, timeout: float | None = None) -> str:
         """Run ``lvm COMMAND ARGS`` and return stdout; failures are mapped."""
-        argv = ["lvm", command, *self.config_args(), *args]
-        try:
-            return self.runner.run(argv, timeout=timeout).stdout
-        except CommandFailed as err:
-            raise map_lvm_failure(err) from err
+        return self._run(["lvm", command, *self.config_args(), *args], timeout=timeout).stdout
 
     def tool(self, argv: Sequence[str], *, check: bool = True) -> str:
         """Run a non-lvm program (kpartx, dmsetup, blockdev) through the same runner."""
-        try:
-            return self.runner.run(list(argv), check=check).stdout
-        except CommandFailed as err:
-            raise map_lvm_failure(err) from err
+        return self._run(list(argv), check=check).stdout
 
     # -- reports ----------------------------------------------------------------
 
@@ -258,6 +264,19 @@ class LvmCommands:
         """Every LV of ``vg`` by name: one ``lvs`` call for several look-ups."""
         return {info.name: info for info in self.lvs(vg)}
 
+    def autoactivation(self, vg: str, lv: str) -> bool | None:
+        """Whether ``vg/lv`` is autoactivated (``None``: this LVM predates the setting, 2.03.12)."""
+        try:
+            rows = self.report("lvs", ("lv_name", "lv_autoactivation"), f"{vg}/{lv}")
+        except BackendError as err:
+            if "Unrecognised field" in (err.detail or ""):
+                return None
+            raise
+        return rows[0].get("lv_autoactivation") == "enabled" if rows else None
+
+    def set_autoactivation(self, vg: str, lv: str, enabled: bool) -> None:
+        self.lvm("lvchange", "--setautoactivation", "y" if enabled else "n", f"{vg}/{lv}")
+
     def vg_free_bytes(self, vg: str) -> int | None:
         rows = self.report("vgs", ("vg_name", "vg_free"), vg)
         return _int(rows[0].get("vg_free", "")) if rows else None
@@ -272,7 +291,10 @@ class LvmCommands:
 
     def create_thin_snapshot(self, vg: str, origin: str, name: str, *, skip_activation: bool = True,
                              tags: Sequence[str] = ()) -> None:
-        """``lvcreate -s`` of a thin LV; no size: the snapshot shares the pool."""
+        """``lvcreate -s`` of a thin LV; no size: the snapshot shares the pool.
+
+        LVM activates it unless ``skip_activation``.
+        """
         skip = "y" if skip_activation else "n"
         self.lvm("lvcreate", "-s", "-n", name, "--setactivationskip", skip, *_tag_args(tags),
                  f"{vg}/{origin}")
@@ -327,12 +349,8 @@ class LvmCommands:
         In the foreground LVM waits for the merge, checking every ``-i`` seconds
         (15 by default, which would make every small revert take 15 s).
         """
-        argv = ["lvm", "lvconvert", *self.config_args(), "--merge", "-y", "-i", "1",
-                *(["-b"] if background else []), f"{vg}/{snapshot}"]
-        try:
-            proc = self.runner.run(argv)
-        except CommandFailed as err:
-            raise map_lvm_failure(err) from err
+        proc = self._run(["lvm", "lvconvert", *self.config_args(), "--merge", "-y", "-i", "1",
+                          *(["-b"] if background else []), f"{vg}/{snapshot}"])
         return proc.stdout + proc.stderr
 
     def poll(self, vg: str, lv: str) -> None:

@@ -16,22 +16,34 @@ from snaptree.errors import InvalidInput
 __all__ = [
     "check_vg_name",
     "check_lv_name",
+    "dm_name",
     "parse_locator",
     "snapshot_lv_name",
     "revert_temp_name",
     "revert_old_name",
     "match_snapshot_lv",
+    "generated_names",
     "SNAPSHOT_SUFFIX_LENGTH",
 ]
 
 _VALID = re.compile(r"^[A-Za-z0-9+_.-]+$")
 _RESERVED_LV_PREFIXES = ("snapshot", "pvmove")
-_RESERVED_LV_INFIXES = ("_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare",
-                        "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
+#: lvm2's lib/misc/lvm-string.c: the component suffixes and the two of non-component LVs.
+_RESERVED_LV_INFIXES = ("_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig",
+                        "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta", "_tdata", "_tmeta",
+                        "_vdata", "_vorigin", "_wcorig")
 #: LVM's NAME_LEN is 128 including the NUL.
 MAX_NAME = 127
-#: The device-mapper name ``vg-lv`` (hyphens doubled) must fit DM_NAME_LEN (128).
+#: LVM's metadata check refuses an LV once ``len(vg) + len(lv) + 3`` reaches NAME_LEN
+#: ("LV name ... length 128 is not supported").
+MAX_VG_LV = 127 - 3
+#: A device-mapper name (``vg-lv`` with every hyphen doubled, plus a layer) must stay below
+#: DM_NAME_LEN (128).
 MAX_DM_NAME = 127
+#: Characters kept free below both limits, for layers and partition suffixes nobody listed.
+NAME_MARGIN = 2
+#: Longest kpartx partition suffix counted for ``snaptree map`` (``p`` and three digits).
+_PARTITION_SUFFIX = "p999"
 
 #: ``.snaptree-old.`` is the longest suffix we add to an LV name, plus a 16-hex id.
 SNAPSHOT_SUFFIX_LENGTH = len(".snaptree-old.") + 16
@@ -73,16 +85,52 @@ def check_lv_name(name: object) -> str:
     return name
 
 
-def _dm_length(vg: str, lv: str) -> int:
-    return len(vg.replace("-", "--")) + 1 + len(lv.replace("-", "--"))
+def dm_name(vg: str, lv: str) -> str:
+    """The device-mapper name LVM gives ``vg/lv`` (hyphens doubled, joined by one)."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def generated_names(vg: str, lv: str) -> tuple[list[str], list[str]]:
+    """Every LV name and device-mapper name snaptree (and LVM beneath it) makes for ``vg/lv``.
+
+    :returns: ``(lv_names, dm_names)``: the snapshot and the thin revert's two
+        temporaries; their device-mapper names with the layers LVM adds (a
+        thick origin's ``-real``, a thick snapshot's ``-cow``) and the partition
+        maps of ``snaptree map``.
+    """
+    some_id = "f" * 16
+    snapshot = snapshot_lv_name(lv, some_id)
+    lv_names = [snapshot, revert_temp_name(lv, some_id), revert_old_name(lv, some_id)]
+    dm_names = [dm_name(vg, name) for name in lv_names]
+    dm_names += [dm_name(vg, lv) + "-real", dm_name(vg, snapshot) + "-cow",
+                 dm_name(vg, snapshot) + _PARTITION_SUFFIX]
+    return lv_names, dm_names
+
+
+def _check_lengths(vg: str, lv: str) -> None:
+    lv_names, dm_names = generated_names(vg, lv)
+    longest_lv = max(lv_names, key=len)
+    longest_dm = max(dm_names, key=len)
+    if len(vg) + len(longest_lv) > MAX_VG_LV - NAME_MARGIN:
+        added = len(longest_lv) - len(lv)
+        allowed = MAX_VG_LV - NAME_MARGIN - len(vg) - added
+        raise InvalidInput(
+            f"lvm: {vg}/{lv} is too long a name to snapshot: snaptree adds {added} characters "
+            f"to it, so LVM allows LV names of at most {allowed} characters in VG {vg!r}")
+    if len(longest_dm) > MAX_DM_NAME - NAME_MARGIN:
+        raise InvalidInput(
+            f"lvm: {vg}/{lv} is too long a name to snapshot: the device-mapper name "
+            f"{longest_dm!r} ({len(longest_dm)} characters, hyphens doubled) would exceed "
+            f"{MAX_DM_NAME - NAME_MARGIN}")
 
 
 def parse_locator(locator: object) -> tuple[str, str]:
     """Split and validate ``VG/LV`` (a leading ``/dev/`` is accepted and dropped).
 
-    Also checks that the longest snapshot name snaptree derives from the LV
-    still fits LVM's and device-mapper's length limits, so a volume that
-    could never be snapshotted is refused when it is claimed.
+    Also checks that every name snaptree derives from the LV (see
+    :func:`generated_names`) fits LVM's and device-mapper's length limits
+    with ``NAME_MARGIN`` to spare, so a volume that could never be
+    snapshotted or reverted is refused when it is claimed.
     """
     if not isinstance(locator, str):
         raise InvalidInput("lvm: locator must be a string like VG/LV")
@@ -91,11 +139,7 @@ def parse_locator(locator: object) -> tuple[str, str]:
     if len(parts) != 2:
         raise InvalidInput(f"lvm: locator {locator!r} must look like VG/LV, e.g. vg0/vm-disk")
     vg, lv = check_vg_name(parts[0]), check_lv_name(parts[1])
-    longest = lv + "x" * SNAPSHOT_SUFFIX_LENGTH
-    if len(longest) > MAX_NAME or _dm_length(vg, longest) > MAX_DM_NAME:
-        raise InvalidInput(
-            f"lvm: {vg}/{lv} is too long a name to snapshot: snapshot names add "
-            f"{SNAPSHOT_SUFFIX_LENGTH} characters and device-mapper allows {MAX_DM_NAME}")
+    _check_lengths(vg, lv)
     return vg, lv
 
 
