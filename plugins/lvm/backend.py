@@ -98,7 +98,7 @@ class LvmBackend(VolumeBackend):
         return info
 
     def _member_lv(self, member: MemberSnapshot) -> tuple[str, str, str]:
-        vg, lv = parse_locator(member.locator)
+        vg, lv = parse_locator(member.locator, room=False)
         return vg, lv, snapshot_lv_name(lv, member.snapshot_id)
 
     # -- the operations -----------------------------------------------------------
@@ -113,13 +113,13 @@ class LvmBackend(VolumeBackend):
         return Volume("lvm", f"{vg}/{lv}")
 
     def volume_path(self, volume):
-        vg, lv = parse_locator(volume.locator)
+        vg, lv = parse_locator(volume.locator, room=False)
         return f"/dev/{vg}/{lv}"
 
     def prepare(self, operation, volumes, ctx):
         check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
         for volume in volumes:
-            vg, lv = parse_locator(volume.locator)
+            vg, lv = parse_locator(volume.locator, room=False)
             existing = self.commands.lv_map(vg)
             origin = existing.get(lv)
             if origin is None:
@@ -176,7 +176,7 @@ class LvmBackend(VolumeBackend):
         size = check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))
         members = []
         for volume in volumes:
-            vg, lv = parse_locator(volume.locator)
+            vg, lv = parse_locator(volume.locator, room=False)
             origin = self._origin(vg, lv)
             name = snapshot_lv_name(lv, ctx.snapshot_id)
             try:
@@ -242,7 +242,7 @@ class LvmBackend(VolumeBackend):
                 self.commands.remove(vg, name)
 
     def list(self, volume):
-        vg, lv = parse_locator(volume.locator)
+        vg, lv = parse_locator(volume.locator, room=False)
         out = []
         for info in self.commands.lvs(vg):
             snapshot_id = match_snapshot_lv(lv, info.name)
@@ -268,7 +268,7 @@ class LvmBackend(VolumeBackend):
         return SpaceUsage(exclusive_bytes=used, referenced_bytes=info.size_bytes)
 
     def recover_volume(self, volume):
-        vg, lv = parse_locator(volume.locator)
+        vg, lv = parse_locator(volume.locator, room=False)
         existing = self.commands.lv_map(vg)
         lines = finish_thin(self.commands, vg, lv, existing)
         # finish_thin may have renamed LVs: then finish_thick reads the VG afresh

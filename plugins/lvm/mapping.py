@@ -39,7 +39,7 @@ def map_member(cmds: LvmCommands, member: MemberSnapshot) -> list[str]:
     :returns: the ``/dev/mapper`` paths, one per partition (empty when the
         snapshot holds no partition table).
     """
-    vg, lv = parse_locator(member.locator)
+    vg, lv = parse_locator(member.locator, room=False)
     name = snapshot_lv_name(lv, member.snapshot_id)
     info = cmds.lv(vg, name)
     if info is None:
@@ -57,7 +57,7 @@ def map_member(cmds: LvmCommands, member: MemberSnapshot) -> list[str]:
 
 def unmap_member(cmds: LvmCommands, member: MemberSnapshot) -> list[str]:
     """Remove the partition maps of ``member``; a thin snapshot is deactivated again."""
-    vg, lv = parse_locator(member.locator)
+    vg, lv = parse_locator(member.locator, room=False)
     name = snapshot_lv_name(lv, member.snapshot_id)
     info = cmds.lv(vg, name)
     if info is None or not info.is_active:

@@ -124,13 +124,15 @@ def _check_lengths(vg: str, lv: str) -> None:
             f"{MAX_DM_NAME - NAME_MARGIN}")
 
 
-def parse_locator(locator: object) -> tuple[str, str]:
+def parse_locator(locator: object, *, room: bool = True) -> tuple[str, str]:
     """Split and validate ``VG/LV`` (a leading ``/dev/`` is accepted and dropped).
 
-    Also checks that every name snaptree derives from the LV (see
-    :func:`generated_names`) fits LVM's and device-mapper's length limits
-    with ``NAME_MARGIN`` to spare, so a volume that could never be
-    snapshotted or reverted is refused when it is claimed.
+    With ``room`` (as when a volume is claimed) also checks that every name
+    snaptree derives from the LV (see :func:`generated_names`) fits LVM's
+    and device-mapper's length limits with ``NAME_MARGIN`` to spare, so a
+    volume that could never be snapshotted or reverted is refused up front.
+    Operations on a volume already in a group pass ``room=False``: a group
+    an older, laxer check let in keeps working wherever LVM accepts it.
     """
     if not isinstance(locator, str):
         raise InvalidInput("lvm: locator must be a string like VG/LV")
@@ -139,7 +141,8 @@ def parse_locator(locator: object) -> tuple[str, str]:
     if len(parts) != 2:
         raise InvalidInput(f"lvm: locator {locator!r} must look like VG/LV, e.g. vg0/vm-disk")
     vg, lv = check_vg_name(parts[0]), check_lv_name(parts[1])
-    _check_lengths(vg, lv)
+    if room:
+        _check_lengths(vg, lv)
     return vg, lv
 
 
