@@ -21,6 +21,7 @@ from guest.lvm_env import (
 from snaptree import Snaptree
 from snaptree.errors import CommandFailed, NotSupported, OutOfSpace, SnaptreeError, VolumeInUse
 from snaptree.testing import run_cli
+from test_lvm_names import _longest_accepted  # the same probe the host tests use
 
 pytestmark = DEVMAPPER_MARKS + [pytest.mark.slow]
 __all__ = ["lvm_vg", "make_lv"]  # fixtures used through pytest
@@ -481,20 +482,6 @@ def test_a_failed_lvremove_of_a_held_snapshot_is_volume_in_use(make_lv, lvm_vg):
             cmds.remove(vg, lv + ".held")
     finally:
         cmds.tool(["kpartx", "-d", "-s", held])
-
-
-def _longest_accepted(vg: str, unit: str) -> str:
-    """The longest LV name made of ``unit`` repeated that the backend accepts in ``vg``."""
-    from snaptree_lvm.names import parse_locator
-
-    name = ""
-    while True:
-        longer = (unit * 200)[: len(name) + 1]
-        try:
-            parse_locator(f"{vg}/{longer}")
-        except SnaptreeError:
-            return name
-        name = longer
 
 
 @pytest.mark.parametrize("unit", ["n", "n-"], ids=["plain", "hyphens"])

@@ -32,7 +32,7 @@ from snaptree.names import check_abs_path
 
 from . import launch, memory, restart
 from .layout import (PARTIAL, active_image, make_snapshot_dir, memory_path, overlay_path,
-                     pause_marker, set_active, snapshot_dir)
+                     pause_marker, remove_file, set_active, snapshot_dir)
 from .live import LiveOps, block_nodes, stamp_of
 from .offline import Chain, OfflineOps, internal_member, tag_holder
 from .qemuimg import QemuImg
@@ -653,10 +653,5 @@ class Qcow2Backend(VolumeBackend):
         ctx.scratch.pop("qcow2.memory_file", None)  # a failed create must not save it later
         if memory.kind == "file":
             for path in (memory.ref, memory.ref + ".partial"):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as err:
-                    raise BackendError(f"qcow2: cannot delete {path}: {err.strerror}") from err
+                remove_file(path, "delete")
         return True

@@ -40,7 +40,7 @@ import stat
 from snaptree.errors import BackendError, StateError
 from snaptree.names import beside
 
-__all__ = ["read_note", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "active_image",
+__all__ = ["read_note", "remove_file", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "active_image",
            "set_active", "pause_marker", "restart_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -51,6 +51,17 @@ _ACTIVE = "active"
 
 def snapshot_dir(image: str) -> str:
     return beside(image, ".snaptree")
+
+
+def remove_file(path: str, what: str = "remove") -> None:
+    """Remove ``path``; one already gone is fine, any other failure is a
+    :class:`BackendError` ("qcow2: cannot ``what`` ``path``: ...")."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise BackendError(f"qcow2: cannot {what} {path}: {err.strerror}") from err
 
 
 def adopt(image: str, path: str) -> None:

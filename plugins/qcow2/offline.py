@@ -24,6 +24,7 @@ from .layout import (
     adopt,
     make_snapshot_dir,
     overlay_path,
+    remove_file,
     run_overlay_path,
     set_active,
     snapshot_dir,
@@ -81,12 +82,7 @@ def discard_unused(qemu_img: QemuImg, image: str) -> list[str]:
         if not unused:
             return removed
         for path in unused:  # removing one may free its backing image: read again
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                raise BackendError(f"qcow2: cannot remove unused {path}: {err.strerror}") from err
+            remove_file(path, "remove unused")
             removed.append(path)
 
 
