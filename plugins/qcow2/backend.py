@@ -153,9 +153,9 @@ class Qcow2Backend(VolumeBackend):
         if operation == "revert":
             members = ctx.scratch.get("members", [])
             self._check_revert(ctx, members)
-            self._check_revert_sources(ctx, members)
+            touched = self._check_revert_sources(ctx, members)
             if ctx.scratch["qcow2.plan"] == "offline":
-                self._check_free(self._revert_writes(members))
+                self._check_free(touched)
         if operation == "delete":
             if self._live(ctx.group, ctx) is None:
                 self._check_free(self._delete_writes(ctx.scratch.get("members", [])))
@@ -216,41 +216,35 @@ class Qcow2Backend(VolumeBackend):
                     f"{ctx.group.qmp_socket}; {start_it}give the group a launch recipe "
                     f"(-o {launch.OPTION}=FILE) so snaptree can start the VM")
 
-    def _check_revert_sources(self, ctx: OpContext, members) -> None:
+    def _check_revert_sources(self, ctx: OpContext, members) -> list[str]:
         """Refuse, before anything changes, a revert to a tag or overlay that is gone,
-        or to memory QEMU cannot load."""
+        or to memory QEMU cannot load.  Returns the images an offline revert
+        writes or reads whole: each active image, and the image holding an
+        internal tag when that is not the active one (each chain read once)."""
         snapshot = ctx.scratch.get("snapshot")
         loads_memory = bool(ctx.option("memory") and snapshot is not None
                             and snapshot.memory is not None and snapshot.memory.kind == "internal")
+        touched = []
         for member in members:
             chain = Chain(self.qemu_img, member.locator)
+            active = active_image(member.locator)
+            touched.append(active)
             if member.data.get("mode") == "internal":
-                active = active_image(member.locator)
                 holder = tag_holder(chain, member, active)
-                if holder != active and loads_memory:
-                    raise NotSupported(
-                        f"qcow2: the VM memory of {ctx.snapshot_name!r} lies in {holder}, which a "
-                        "later external snapshot froze, and QEMU loads memory only from the "
-                        "image it runs on; revert with --disks-only to get the disks back (the "
-                        "VM boots afresh)")
+                if holder != active:
+                    if loads_memory:
+                        raise NotSupported(
+                            f"qcow2: the VM memory of {ctx.snapshot_name!r} lies in {holder}, "
+                            "which a later external snapshot froze, and QEMU loads memory only "
+                            "from the image it runs on; revert with --disks-only to get the "
+                            "disks back (the VM boots afresh)")
+                    touched.append(holder)
                 continue
             overlay = overlay_path(member.locator, member.snapshot_id)
             if chain.backing.get(overlay) is None:
                 raise NotFound(f"qcow2: overlay {overlay} of snapshot {ctx.snapshot_name!r} is "
                                "missing or has lost its backing image")
-
-    def _revert_writes(self, members) -> list[str]:
-        """Images an offline revert writes or reads whole: each active image, and
-        the image holding an internal tag when that is not the active one."""
-        images = []
-        for member in members:
-            active = active_image(member.locator)
-            images.append(active)
-            if member.data.get("mode") == "internal":
-                holder = tag_holder(Chain(self.qemu_img, member.locator), member, active)
-                if holder != active:
-                    images.append(holder)
-        return images
+        return touched
 
     def _delete_writes(self, members) -> list[str]:
         """Images an offline delete writes: the tag's holders, or the overlay,
