@@ -242,6 +242,41 @@ def test_create_with_memory_holds_one_qmp_connection(api, tmp_path, processes, m
     assert _status(vm) == "running"  # closed: QEMU answers the next client
 
 
+@pytest.mark.parametrize("mode", ["internal", "external"])
+@pytest.mark.parametrize("running", [True, False], ids=["live", "offline"])
+def test_delete_reads_each_disk_chain_once_per_step(api, tmp_path, processes, monkeypatch,
+                                                    mode, running):
+    from snaptree_qcow2.offline import Chain
+
+    images = make_images(str(tmp_path), 3)
+    socket_path = None
+    if running:
+        daemon = start_daemon(str(tmp_path), images)
+        processes.append(daemon)
+        socket_path = daemon.qmp_socket
+    api.create_group("vm", [f"qcow2:{p}" for p in images], qmp_socket=socket_path,
+                     options={"qcow2.mode": mode})
+    snap = api.create("vm", "s1")
+    reads = []
+    read_chain = Chain.__init__
+
+    def counting_read(chain, qemu_img, image):
+        reads.append(image)
+        read_chain(chain, qemu_img, image)  # the real read: headers or qemu-img
+
+    monkeypatch.setattr(Chain, "__init__", counting_read)
+    api.delete("vm", "s1")
+    monkeypatch.setattr(Chain, "__init__", read_chain)
+    # once for the prepare's checks, once for the delete; an external delete
+    # reads it once more after the merge changed it, for run-* images left unused
+    expected = 2 if mode == "internal" else 3
+    assert {p: reads.count(p) for p in images} == {p: expected for p in images}, reads
+    assert sorted(set(reads)) == sorted(images)
+    assert api.list("vm") == []
+    assert all(_tags(p) == [] and active_image(p) == p for p in images)
+    assert all(not os.path.exists(overlay_path(p, snap.snapshot_id)) for p in images)
+
+
 def test_socket_file_nobody_listens_on_means_offline(api, tmp_path):
     import socket
     images = make_images(str(tmp_path), 2)

@@ -157,9 +157,11 @@ class Qcow2Backend(VolumeBackend):
             if ctx.scratch["qcow2.plan"] == "offline":
                 self._check_free(touched)
         if operation == "delete":
+            members = ctx.scratch.get("members", [])
+            chains: dict[str, Chain] = {}  # both checks read each member's chain once
             if self._live(ctx.group, ctx) is None:
-                self._check_free(self._delete_writes(ctx.scratch.get("members", [])))
-            blocked = self._needs_vm_down(ctx, ctx.scratch.get("members", []))
+                self._check_free(self._delete_writes(members, chains))
+            blocked = self._needs_vm_down(ctx, members, chains)
             if blocked and self._startable(ctx) is None:
                 raise NotSupported(
                     f"qcow2: QEMU at {ctx.group.qmp_socket} runs on {blocked[0].locator} and cannot "
@@ -246,12 +248,20 @@ class Qcow2Backend(VolumeBackend):
                                "missing or has lost its backing image")
         return touched
 
-    def _delete_writes(self, members) -> list[str]:
+    def _chain(self, chains: dict[str, Chain], member: MemberSnapshot) -> Chain:
+        """``member``'s image chain: read on first use, then kept in ``chains``
+        for the other steps of the same prepare or delete."""
+        chain = chains.get(member.locator)
+        if chain is None:
+            chain = chains[member.locator] = Chain(self.qemu_img, member.locator)
+        return chain
+
+    def _delete_writes(self, members, chains: dict[str, Chain]) -> list[str]:
         """Images an offline delete writes: the tag's holders, or the overlay,
         its base and the images built on it."""
         images = []
         for member in members:
-            chain = Chain(self.qemu_img, member.locator)
+            chain = self._chain(chains, member)
             if member.data.get("mode") == "internal":
                 images += [p for p, tags in chain.tags.items()
                            if member.ref in [t["name"] for t in tags]]
@@ -403,10 +413,12 @@ class Qcow2Backend(VolumeBackend):
                 self._run_guest(session, ctx)
         restart.clear_restart(first)
 
-    def _needs_vm_down(self, ctx: OpContext, members) -> list[MemberSnapshot]:
+    def _needs_vm_down(self, ctx: OpContext, members,
+                       chains: dict[str, Chain]) -> list[MemberSnapshot]:
         """Members a running QEMU cannot delete: an external snapshot whose base
         image other branches share (``block-commit`` would change them too) or
-        an internal one inside a read-only image below the running disk."""
+        an internal one inside a read-only image below the running disk.  The
+        chains read (only with QEMU running) are left in ``chains``."""
         live = self._live(ctx.group, ctx)
         if live is None:
             return []
@@ -414,7 +426,7 @@ class Qcow2Backend(VolumeBackend):
             nodes = block_nodes(session)
         out = []
         for member in members:
-            chain = Chain(self.qemu_img, member.locator)
+            chain = self._chain(chains, member)
             if member.data.get("mode") == "internal":
                 holders = [p for p, tags in chain.tags.items()
                            if member.ref in [t["name"] for t in tags]]
@@ -428,23 +440,28 @@ class Qcow2Backend(VolumeBackend):
         return out
 
     def delete(self, members, ctx):
-        if self._needs_vm_down(ctx, members):
+        # Each member's chain is read once, by the check or else by the
+        # delete itself; a member's delete changes only its own chain.
+        chains: dict[str, Chain] = {}
+        if self._needs_vm_down(ctx, members, chains):
             # QEMU keeps running from the guest's point of view: its memory
             # goes to a file, QEMU quits, qemu-img does the work, and a new
             # QEMU loads the memory back
-            self._with_vm_saved(ctx, lambda: [self.offline.delete(m) for m in members])
+            self._with_vm_saved(ctx, lambda: [self.offline.delete(m, chains.get(m.locator))
+                                              for m in members])
             return
         live = self._live(ctx.group, ctx)
         for member in members:
+            chain = chains.get(member.locator)
             if live is not None:
                 with live.session() as session:
                     if member.data.get("mode") == "internal":
-                        done = live.delete_internal(session, member)
+                        done = live.delete_internal(session, member, chain)
                     else:
-                        done = live.delete_external(session, member, ctx.progress)
+                        done = live.delete_external(session, member, ctx.progress, chain)
                 if done:
                     continue
-            self.offline.delete(member)
+            self.offline.delete(member, chain)
 
     def list(self, volume):
         return self.offline.list(volume)

@@ -269,10 +269,13 @@ class LiveOps:
     def holds(self, session: QMPSession, path: str) -> bool:
         return path in block_nodes(session)
 
-    def delete_internal(self, session: QMPSession, member: MemberSnapshot) -> bool:
-        """Delete an internal snapshot in a node QEMU has open; False if QEMU does not hold it."""
+    def delete_internal(self, session: QMPSession, member: MemberSnapshot,
+                        chain: Chain | None = None) -> bool:
+        """Delete an internal snapshot in a node QEMU has open; False if QEMU does not hold it.
+        ``chain``: the volume's chain if the caller read it already."""
         nodes = block_nodes(session)
-        chain = Chain(self.qemu_img, member.locator)
+        if chain is None:
+            chain = Chain(self.qemu_img, member.locator)
         holders = [p for p, tags in chain.tags.items() if member.ref in [t["name"] for t in tags]]
         if not any(p in nodes for p in holders):
             return False
@@ -286,13 +289,15 @@ class LiveOps:
         return True
 
     def delete_external(self, session: QMPSession, member: MemberSnapshot,
-                        progress: Callable[..., None]) -> bool:
-        """Merge the snapshot's overlay down with ``block-commit``; False if QEMU does not hold it."""
+                        progress: Callable[..., None], chain: Chain | None = None) -> bool:
+        """Merge the snapshot's overlay down with ``block-commit``; False if QEMU does not hold it.
+        ``chain``: the volume's chain if the caller read it already."""
         overlay = overlay_path(member.locator, member.snapshot_id)
         nodes = block_nodes(session)
         if overlay not in nodes:
             return False
-        chain = Chain(self.qemu_img, member.locator)
+        if chain is None:
+            chain = Chain(self.qemu_img, member.locator)
         frozen = chain.backing.get(overlay)
         if frozen is None or frozen not in nodes:
             raise BackendError(f"qcow2: cannot find the image below {overlay} in QEMU")

@@ -210,9 +210,11 @@ class OfflineOps:
 
     # -- delete ---------------------------------------------------------------
 
-    def delete(self, member: MemberSnapshot) -> None:
+    def delete(self, member: MemberSnapshot, chain: Chain | None = None) -> None:
+        """Delete ``member``; ``chain``: its volume's chain if the caller read it already."""
         if member.data.get("mode") == "internal":
-            chain = Chain(self.qemu_img, member.locator)
+            if chain is None:
+                chain = Chain(self.qemu_img, member.locator)
             for path in chain.tags:
                 if member.ref in [t["name"] for t in chain.tags[path]]:
                     self.qemu_img.snapshot_delete(path, member.ref)
@@ -220,7 +222,8 @@ class OfflineOps:
         overlay = overlay_path(member.locator, member.snapshot_id)
         if not os.path.exists(overlay):
             return  # gone already (a retried delete)
-        chain = Chain(self.qemu_img, member.locator)
+        if chain is None:
+            chain = Chain(self.qemu_img, member.locator)
         frozen = chain.backing.get(overlay)
         if frozen is None:
             raise BackendError(f"qcow2: overlay {overlay} has lost its backing image")
