@@ -35,6 +35,8 @@ from btrfs_fixtures import (
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 
 ID1, ID2, ID3 = "00000000000000a1", "00000000000000a2", "00000000000000a3"
+#: the longest volume name in bytes: btrfs's 255 less the ".NAME.snaptree" folder's 10
+LONGEST_NAME = 245
 
 
 @contextlib.contextmanager
@@ -375,9 +377,47 @@ def test_revert_keeps_read_only_flag(subvol):
     assert not os.path.lexists(revert_temp(subvol))
 
 
-def test_longest_volume_name_snapshots_and_reverts(btrfs_mount, tmp_path):
-    # 245 bytes: the most that leaves room for the ".NAME.snaptree" folder
-    long_subvol = make_subvolume(os.path.join(btrfs_mount, "v" * 245))
+@pytest.mark.parametrize("name", ["v" * 250, "v" * (LONGEST_NAME + 1), "é" * 123],
+                         ids=["250-bytes", "246-bytes", "246-bytes-in-123-characters"])
+def test_volume_name_too_long_to_snapshot_is_refused_at_group_create(btrfs_mount, tmp_path,
+                                                                     name):
+    too_long = make_subvolume(os.path.join(btrfs_mount, name))
+    size = len(name.encode())
+    state = str(tmp_path / "state")
+    result = run_cli(["group", "create", "vm", f"btrfs:{too_long}"], state)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    limit = f"at most {LONGEST_NAME} bytes"
+    assert f"has {size} bytes" in result.stderr and limit in result.stderr
+    with Snaptree(state) as api:
+        assert api.list_groups() == []
+        with pytest.raises(InvalidInput, match=f"has {size} bytes.*{limit}"):
+            api.create_group("vm", [f"btrfs:{too_long}"])
+        assert api.list_groups() == []
+    assert sorted(os.listdir(btrfs_mount)) == [name]
+
+
+def test_group_an_older_check_let_a_too_long_name_into_is_not_refused_by_it(
+        btrfs_mount, tmp_path, monkeypatch):
+    from snaptree.errors import BackendError
+    from snaptree_btrfs.backend import BtrfsBackend
+
+    too_long = make_subvolume(os.path.join(btrfs_mount, "v" * (LONGEST_NAME + 1)))
+    with Snaptree(str(tmp_path / "state")) as api:
+        monkeypatch.setattr(BtrfsBackend, "_check_room", lambda self, path: None, raising=False)
+        api.create_group("vm", [f"btrfs:{too_long}"])  # as an older version did
+        monkeypatch.undo()
+        with pytest.raises(BackendError, match="File name too long"):
+            api.create("vm", "s1")  # fails in the kernel, as it always did, and is undone
+        assert api.list("vm") == []
+        assert not os.path.lexists(snapshot_dir(too_long))
+        assert api.check("vm").clean
+        api.delete_group("vm")
+        assert api.list_groups() == []
+
+
+def test_longest_volume_name_snapshots_reverts_and_deletes(btrfs_mount, tmp_path):
+    long_subvol = make_subvolume(os.path.join(btrfs_mount, "v" * LONGEST_NAME))
     state = str(tmp_path / "state")
     write_tree(long_subvol, 1, files=5)
     first = digest_tree(long_subvol)
@@ -395,6 +435,14 @@ def test_longest_volume_name_snapshots_and_reverts(btrfs_mount, tmp_path):
         assert api.recover("vm").errors == []
         assert not os.path.lexists(revert_temp(long_subvol))
         assert digest_tree(long_subvol) == first
+        assert api.check("vm").clean
+        assert len(os.path.basename(snapshot_dir(long_subvol)).encode()) == 255
+        api.create("vm", "s2")
+        assert api.delete("vm", "s1") == ["s1"]
+        assert [s.name for s in api.list("vm")] == ["s2"]
+        api.delete("vm", "s2")
+        assert api.list("vm") == []
+        assert not os.path.lexists(snapshot_dir(long_subvol))
         assert api.check("vm").clean
 
 

@@ -10,11 +10,14 @@ at ``/pool/vm1``, never a mix; the replaced tree, now under the temporary
 name, is then destroyed.  The temporary name is 33 bytes whatever the
 volume's name, so a revert fits wherever the volume does; it sits in the
 volume's own directory because btrfs refuses to move a read-only subvolume
-to another directory.
+to another directory.  A volume whose name (in bytes) leaves no room for
+the folder's name within btrfs's 255 is refused when it is claimed into a
+group (:data:`MAX_VOLUME_NAME`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -36,16 +39,23 @@ from snaptree.names import beside, check_abs_path, entries_beside, remove_if_emp
 from . import ioctl
 from .ioctl import map_oserror
 
-__all__ = ["BtrfsBackend", "snapshot_dir", "revert_temp"]
+__all__ = ["BtrfsBackend", "snapshot_dir", "revert_temp", "NAME_MAX", "MAX_VOLUME_NAME"]
 
 log = logging.getLogger("snaptree.btrfs")
 
 _MEMBER_NAME = re.compile(r"^[0-9a-f]{16}$")
 
+_FOLDER_SUFFIX = ".snaptree"
+#: btrfs's BTRFS_NAME_LEN: the longest name of a directory entry, in bytes.
+NAME_MAX = 255
+#: The longest volume name, in bytes, whose snapshot folder ``.NAME.snaptree``
+#: fits ``NAME_MAX`` (the revert temporary has a fixed length, well below it).
+MAX_VOLUME_NAME = NAME_MAX - len(".") - len(_FOLDER_SUFFIX)
+
 
 def snapshot_dir(subvolume: str) -> str:
     """The directory holding the snapshots of ``subvolume``."""
-    return beside(subvolume, ".snaptree")
+    return beside(subvolume, _FOLDER_SUFFIX)
 
 
 def revert_temp(subvolume: str) -> str:
@@ -100,6 +110,25 @@ class BtrfsBackend(VolumeBackend):
     # -- claiming and checks -----------------------------------------------------
 
     def claim(self, locator: str) -> Volume:
+        path = self._subvolume(locator)
+        self._check_room(path)
+        return Volume("btrfs", path)
+
+    def _check_room(self, path: str) -> None:
+        """Refuse a volume whose name leaves no room for the names snaptree
+        makes beside it.  Checked when a volume is claimed into a group only:
+        operations on a volume already in one skip it, so a group an older,
+        laxer check let in keeps working as far as btrfs allows."""
+        made = [os.path.basename(snapshot_dir(path)), os.path.basename(revert_temp(path))]
+        if any(len(os.fsencode(name)) > NAME_MAX for name in made):
+            size = len(os.fsencode(os.path.basename(path)))
+            raise InvalidInput(
+                f"btrfs: the name of {path} has {size} bytes; snaptree keeps its snapshots in "
+                f"'.NAME.snaptree' beside it and btrfs allows {NAME_MAX} bytes per name, so a "
+                f"volume's name may have at most {MAX_VOLUME_NAME} bytes")
+
+    def _subvolume(self, locator: str) -> str:
+        """The normalised path of the subvolume ``locator``; raise if it cannot be a volume."""
         path = check_abs_path(locator, "btrfs subvolume path")
         try:
             st = os.stat(path)
@@ -116,11 +145,11 @@ class BtrfsBackend(VolumeBackend):
         if path == "/" or path in _mount_points():
             raise InvalidInput(f"btrfs: {path} is a mount point; revert swaps the subvolume "
                                "by renaming it, so give a subvolume inside a mounted btrfs")
-        return Volume("btrfs", path)
+        return path
 
     def prepare(self, operation, volumes, ctx):
         for volume in volumes:
-            self.claim(volume.locator)
+            self._subvolume(volume.locator)  # not claim(): its name rule is for new volumes
             if os.statvfs(volume.locator).f_flag & os.ST_RDONLY:
                 raise PermissionDenied(f"btrfs: {volume.locator} is on a read-only filesystem")
             if operation == "snapshot":
@@ -251,6 +280,8 @@ class BtrfsBackend(VolumeBackend):
         try:
             entries = entries_beside(folder, _MEMBER_NAME)
         except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
+                return []  # no such folder can exist (a name an older claim let in)
             raise map_oserror(err, f"listing {folder}") from err
         found = []
         for path, _ in entries:
