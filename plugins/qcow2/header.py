@@ -1,4 +1,4 @@
-"""What a qcow2 file's header says: backing file and internal snapshots.
+"""What a qcow2 file's header says: size, backing file and internal snapshots.
 
 ``qemu-img info`` costs a process (milliseconds); this reads the header, the
 backing file name and the snapshot table with a few ``pread`` calls (tens
@@ -36,6 +36,8 @@ class Header(NamedTuple):
     backing: str | None
     #: the internal snapshots in table order: ``{"name": ..., "vm-state-size": bytes}``
     snapshots: list[dict[str, Any]]
+    #: the virtual disk's size in bytes
+    size: int
 
 
 def snapshot_names(path: str) -> list[str] | None:
@@ -49,7 +51,7 @@ def snapshot_names(path: str) -> list[str] | None:
 
 
 def read_header(path: str) -> Header | None:
-    """The backing file and internal snapshots of the qcow2 image ``path``;
+    """The size, backing file and internal snapshots of the qcow2 image ``path``;
     ``None`` when it cannot be read or is not qcow2 (ask ``qemu-img info``)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -67,7 +69,8 @@ def _read(fd: int) -> Header | None:
     head = os.pread(fd, _HEADER.size, 0)
     fields = _HEADER.unpack(head)
     magic, version = fields[0], fields[1]
-    backing_offset, backing_size, count, table = fields[2], fields[3], fields[11], fields[12]
+    backing_offset, backing_size, size = fields[2], fields[3], fields[5]
+    count, table = fields[11], fields[12]
     if magic != _MAGIC or version not in (2, 3):
         return None
     backing = None
@@ -78,7 +81,7 @@ def _read(fd: int) -> Header | None:
         if len(raw) != backing_size:
             raise ValueError("backing file name past the end of the file")
         backing = raw.decode("utf-8")
-    return Header(backing, _read_snapshots(fd, count, table) if count else [])
+    return Header(backing, _read_snapshots(fd, count, table) if count else [], size)
 
 
 def _read_snapshots(fd: int, count: int, table: int) -> list[dict[str, Any]]:

@@ -28,11 +28,12 @@ import contextlib
 import os
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
+from snaptree import faults
 from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
 
-from .header import snapshot_names
-from .layout import active_image, make_snapshot_dir, overlay_path, set_active
+from .header import read_header, snapshot_names
+from .layout import active_image, adopt, make_snapshot_dir, overlay_path, set_active
 from .offline import Chain, discard_unused, external_member, internal_member
 from .qemuimg import QemuImg
 from .qmp import QMPSession
@@ -196,6 +197,8 @@ class LiveOps:
                                          "snapshot-node-name": _node_name(snapshot_id, index),
                                          "format": "qcow2", "mode": "absolute-paths"}})
                 members.append(external_member(volume, snapshot_id, active))
+        if mode == "external" and session.peer_uid not in (None, os.geteuid()):
+            self._make_overlays(session, volumes, actives, members, actions)
         try:
             # No completion-mode "grouped": QEMU 7.2 refuses it for snapshot
             # actions (it concerns backup jobs only); the transaction itself
@@ -209,6 +212,31 @@ class LiveOps:
             for volume, member in zip(volumes, members):
                 set_active(volume.locator, member.data["overlay"])
         return members
+
+    def _make_overlays(self, session: QMPSession, volumes: Sequence[Volume],
+                       actives: Sequence[str], members: Sequence[MemberSnapshot],
+                       actions: list[dict[str, Any]]) -> None:
+        """Create the overlays for a QEMU that runs as another user.
+
+        Such a QEMU cannot create files in the volume's folder (it stays
+        snaptree's, see :func:`.layout.make_snapshot_dir`): snaptree makes
+        each overlay with the image's owner and mode, and the transaction
+        only opens them (``mode: existing``).  Made ones are removed again
+        when one cannot be made.
+        """
+        made: list[MemberSnapshot] = []
+        try:
+            for volume, active, member, action in zip(volumes, actives, members, actions):
+                header = read_header(active)  # QEMU holds the image: read, never open it
+                size = header.size if header is not None else self.qemu_img.info(active)["virtual-size"]
+                made.append(member)
+                self.qemu_img.create_overlay(member.data["overlay"], active, size)
+                adopt(volume.locator, member.data["overlay"])
+                action["data"]["mode"] = "existing"
+        except BaseException:
+            self._remove_unused_overlays(session, made)
+            raise
+        faults.checkpoint("qcow2:overlays-made")
 
     def _internal_on_recalled(self, session: QMPSession, volumes: Sequence[Volume],
                               actives: Sequence[str], tops: list[str], snapshot_id: str,

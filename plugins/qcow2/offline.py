@@ -230,6 +230,12 @@ class OfflineOps:
         if chain.snaptree_tags(overlay):
             raise NotSupported(
                 f"qcow2: {overlay} holds internal snapshots; delete those first")
+        if frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay):
+            # Never taken into use: a create stopped between making it and
+            # switching to it.  Nothing reads it, and the image below it
+            # runs on, so that image must not take its content.
+            remove_file(overlay, "remove unused overlay")
+            return
         if chain.children(frozen) == [overlay]:
             self._merge_down(member.locator, chain, overlay, frozen)
         else:

@@ -54,10 +54,15 @@ class QemuImg:
     def snapshot_delete(self, image: str, tag: str) -> None:
         self._run(["qemu-img", "snapshot", "-d", tag, image], image)
 
-    def create_overlay(self, overlay: str, backing: str) -> None:
-        """Create a qcow2 ``overlay`` on top of qcow2 ``backing`` (absolute path kept)."""
-        self._run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2",
-                   overlay], overlay)
+    def create_overlay(self, overlay: str, backing: str, size: int | None = None) -> None:
+        """Create a qcow2 ``overlay`` on top of qcow2 ``backing`` (absolute path kept).
+
+        With ``size`` (bytes) ``backing`` is not opened: a running QEMU may
+        hold it.
+        """
+        unsafe = ["-u"] if size is not None else []
+        self._run(["qemu-img", "create", "-q", "-f", "qcow2", *unsafe, "-b", backing, "-F", "qcow2",
+                   overlay, *([str(size)] if size is not None else [])], overlay)
 
     def copy_snapshot(self, image: str, tag: str, target: str, backing: str | None,
                       backing_format: str | None) -> None:

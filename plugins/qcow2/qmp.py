@@ -91,14 +91,15 @@ class _QuietClient(QMPClient):
             return super()._cb_inbound(msg)
         return msg
 
-    def peer_pid(self) -> int | None:
-        """The process id at the other end of the connection (``SO_PEERCRED``)."""
+    def peer(self) -> tuple[int, int] | None:
+        """Process id and user id at the other end of the connection (``SO_PEERCRED``)."""
         try:
             sock = self._writer.get_extra_info("socket")
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         except (AttributeError, OSError):
             return None
-        return struct.unpack("3i", creds)[0] or None
+        pid, uid, _ = struct.unpack("3i", creds)
+        return (pid, uid) if pid else None
 
 
 class QMPSession:
@@ -110,7 +111,7 @@ class QMPSession:
         self._loop = asyncio.new_event_loop()
         self._client = _QuietClient("snaptree")
         self.commands = 0
-        self._peer_pid: int | None = 0  # 0: not asked yet
+        self._peer: tuple[int, int] | None | bool = False  # False: not asked yet
         #: set once the connection failed under a command: QEMU went away
         self.broken = False
 
@@ -180,9 +181,19 @@ class QMPSession:
         With the socket path it names one QEMU instance: what was learnt
         about its block nodes stays true only while the same process runs.
         """
-        if self._peer_pid == 0:
-            self._peer_pid = self._client.peer_pid()
-        return self._peer_pid
+        peer = self._peer_credentials()
+        return peer[0] if peer else None
+
+    @property
+    def peer_uid(self) -> int | None:
+        """User id the QEMU this session talks to runs as, ``None`` if unknown."""
+        peer = self._peer_credentials()
+        return peer[1] if peer else None
+
+    def _peer_credentials(self) -> tuple[int, int] | None:
+        if self._peer is False:
+            self._peer = self._client.peer()
+        return self._peer  # type: ignore[return-value]
 
     # -- commands -------------------------------------------------------------
 
