@@ -25,6 +25,18 @@ __all__ = ["Snaptree"]
 CATALOG_FILE = "catalog.sqlite"
 
 
+#: :meth:`Snaptree.set_group`: leave the QMP socket as it is
+KEEP = object()
+
+
+def _checked_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    out = dict(options or {})
+    for key, value in out.items():
+        if not isinstance(key, str) or not key or not isinstance(value, (str, int, float, bool)):
+            raise InvalidInput(f"option {key!r} must map a name to a plain value")
+    return out
+
+
 class Snaptree:
     """One state directory, one plugin set: every snapshot operation.
 
@@ -113,10 +125,7 @@ class Snaptree:
             volumes.append(volume)
         if qmp_socket is not None:
             qmp_socket = check_abs_path(qmp_socket, "QMP socket")
-        options = dict(options or {})
-        for key, value in options.items():
-            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-                raise InvalidInput(f"option {key!r} must map a name to a plain value")
+        options = _checked_options(options)
         if self.catalog.get_group(name) is not None:
             raise Conflict(f"group {name!r} already exists")
         group = Group(name=name, volumes=tuple(volumes), qmp_socket=qmp_socket,
@@ -163,6 +172,40 @@ class Snaptree:
 
     def group(self, name: str) -> Group:
         return self.coordinator.group(name)
+
+    def set_group(self, name: str, *, qmp_socket: str | None | object = KEEP,
+                  options: dict[str, Any] | None = None, unset: Sequence[str] = ()) -> Group:
+        """Change a group's QMP socket (``None`` removes it) or options.
+
+        A toolstack gives a VM a new monitor socket at every start (Xen's
+        ``qmp-libxl-<domid>``, libvirt's per-domain-id folder): the group
+        follows it here and keeps its snapshots.  ``unset`` names options to
+        remove.  Volumes are not changed here.
+        """
+        changes = _checked_options(options)
+        if qmp_socket is not KEEP and qmp_socket is not None:
+            qmp_socket = check_abs_path(qmp_socket, "QMP socket")  # type: ignore[arg-type]
+        if qmp_socket is KEEP and not changes and not unset:
+            raise InvalidInput("nothing to change: give a QMP socket, --no-qmp, -o KEY=VALUE "
+                               "or --unset KEY")
+        self.group(name)
+        # Under the lock: no operation reads the group halfway through the
+        # change.  What an interrupted one left is finished first where it
+        # can be; where it cannot, the change goes ahead (a new socket may be
+        # what recover needs).
+        with self.coordinator.locked(name, "group-set"):
+            group = self.group(name)
+            merged = dict(group.options)
+            for key in unset:
+                if key not in merged:
+                    raise InvalidInput(f"group {name!r} has no option {key!r}")
+                if key in changes:
+                    raise InvalidInput(f"option {key!r} is both set and unset")
+                del merged[key]
+            merged.update(changes)
+            socket = group.qmp_socket if qmp_socket is KEEP else qmp_socket
+            self.catalog.update_group(name, socket, merged)  # type: ignore[arg-type]
+        return self.group(name)
 
     def delete_group(self, name: str, *, with_snapshots: bool = False) -> None:
         """Forget a group; refuses while it has snapshots unless ``with_snapshots``."""

@@ -196,30 +196,36 @@ class Catalog:
 
     def get_group(self, name: str) -> Group | None:
         row = self.conn.execute(
-            "SELECT g.rowid, g.created, g.current_id, s.name FROM groups g LEFT JOIN snapshots s"
-            " ON s.snapshot_id = g.current_id WHERE g.name=?", (name,)).fetchone()
+            "SELECT g.rowid, g.created, g.qmp_socket, g.options, g.current_id, s.name"
+            " FROM groups g LEFT JOIN snapshots s ON s.snapshot_id = g.current_id"
+            " WHERE g.name=?", (name,)).fetchone()
         if row is None:
             return None
-        # A group's definition never changes once it is added; the same name
-        # added again after a delete is another row (its rowid, its time).
-        key = (name, row[0], row[1])
-        defined = self._definitions.get(key) or self._definition(name)
+        # A group's volumes never change once it is added, its socket and
+        # options only in place (update_group); the same name added again
+        # after a delete is another row (its rowid, its time).
+        key = (name, row[0], row[1], row[2], row[3])
+        defined = self._definitions.get(key)
         if defined is None:
-            return None  # deleted between the two reads
-        self._definitions[key] = defined
-        return attrs.evolve(defined, current=row[3] if row[2] else None, current_id=row[2])
+            volumes = tuple(
+                Volume(r["backend"], r["locator"]) for r in self.conn.execute(
+                    "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position",
+                    (name,)))
+            if not volumes:
+                return None  # deleted between the two reads
+            # shared by every Group this catalog returns for it: read-only
+            defined = Group(name=name, volumes=volumes, qmp_socket=row[2],
+                            options=types.MappingProxyType(json.loads(row[3])), created=row[1])
+            for stale in [k for k in self._definitions if k[0] == name]:
+                del self._definitions[stale]
+            self._definitions[key] = defined
+        return attrs.evolve(defined, current=row[5] if row[4] else None, current_id=row[4])
 
-    def _definition(self, name: str) -> Group | None:
-        row = self.conn.execute("SELECT * FROM groups WHERE name=?", (name,)).fetchone()
-        if row is None:
-            return None
-        volumes = tuple(
-            Volume(r["backend"], r["locator"]) for r in self.conn.execute(
-                "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position", (name,)))
-        # shared by every Group this catalog returns for it: read-only
-        return Group(name=row["name"], volumes=volumes, qmp_socket=row["qmp_socket"],
-                     options=types.MappingProxyType(json.loads(row["options"])),
-                     created=row["created"])
+    def update_group(self, name: str, qmp_socket: str | None, options: dict[str, Any]) -> None:
+        """Give group ``name`` another QMP socket and options (volumes stay)."""
+        with self.write("group-set") as db:
+            db.execute("UPDATE groups SET qmp_socket=?, options=? WHERE name=?",
+                       (qmp_socket, json.dumps(options), name))
 
     # -- unsynced creates, per boot (see snaptree.boot) ----------------------
 

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .api import Snaptree
+from .api import KEEP, Snaptree
 from .errors import InvalidInput, SnaptreeError
 from .progress import ProgressBar
 from .render import group_dict, snapshot_dict, tree_lines, when
@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qmp", metavar="SOCKET", help="QMP socket of the QEMU owning the disks")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. qcow2.mode=external")
+    p = gsub.add_parser("set", help="change a group's QMP socket or options (snapshots stay)")
+    p.add_argument("name")
+    socket = p.add_mutually_exclusive_group()
+    socket.add_argument("--qmp", metavar="SOCKET",
+                        help="QMP socket of the QEMU owning the disks now (a restarted VM's)")
+    socket.add_argument("--no-qmp", action="store_true", help="forget the QMP socket")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                   help="set a backend option")
+    p.add_argument("--unset", action="append", metavar="KEY", default=[],
+                   help="remove an option")
+    _json_flag(p)
     p = gsub.add_parser("list", help="list groups")
     _json_flag(p)
     p = gsub.add_parser("show", help="show one group")
@@ -159,6 +170,13 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
             g = api.create_group(args.name, args.volumes, qmp_socket=args.qmp,
                                  options=_options(args.option))
             out.emit(group_dict(g), f"group {g.name!r} created with {len(g.volumes)} volume(s)")
+        elif action == "set":
+            socket = None if args.no_qmp else (args.qmp if args.qmp is not None else KEEP)
+            g = api.set_group(args.name, qmp_socket=socket, options=_options(args.option),
+                              unset=args.unset)
+            lines = [f"group {g.name!r} updated", f"qmp:      {g.qmp_socket or '-'}"]
+            lines += [f"option:   {k}={v}" for k, v in g.options.items()]
+            out.emit(group_dict(g), lines)
         elif action == "list":
             groups = api.list_groups()
             rows = [group_dict(g, len(api.list(g.name))) for g in groups]

@@ -68,8 +68,9 @@ def test_in_use_advice_names_the_real_option(tmp_path, hold):
     result = cli("create", "vm", "s1")
     assert result.returncode == 6
     # the advice names an option the CLI has, on the command that takes it
-    assert "group create" in result.stderr and "--qmp SOCKET" in result.stderr
+    assert "group set GROUP --qmp SOCKET" in result.stderr
     assert "--qmp-socket" not in result.stderr
+    assert "--qmp SOCKET" in cli("group", "set", "--help").stdout
     assert "--qmp SOCKET" in cli("group", "create", "--help").stdout
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -35,8 +35,8 @@ class QemuImg:
             if any(marker in err.stderr for marker in LOCK_MARKERS):
                 raise VolumeInUse(
                     f"qcow2: {image} is in use by another process (a running QEMU?); stop it, "
-                    "or, for a VM's own disks, work through its QMP socket: a group made with "
-                    "'snaptree group create NAME SPEC... --qmp SOCKET'",
+                    "or, for a VM's own disks, work through its QMP socket: "
+                    "'snaptree group set GROUP --qmp SOCKET' (or 'group create ... --qmp SOCKET')",
                     detail=err.stderr) from err
             raise
 
