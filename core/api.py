@@ -14,7 +14,7 @@ from .coordinator import Coordinator
 from .errors import (Conflict, InvalidInput, PermissionDenied, PluginError, SnapshotNotFound,
                      StateError)
 from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
-from .names import check_abs_path, check_name, split_spec
+from .names import check_abs_path, check_description, check_name, split_spec
 from .plugins import PluginSet
 from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover, recover_held
 from .statedir import default_state_dir, ensure_state_dir
@@ -313,6 +313,27 @@ class Snaptree:
             else:
                 roots.append(nodes[s.name])
         return roots
+
+    def edit(self, group: str, name: str, *, new_name: str | None = None,
+             description: str | None = None) -> Snapshot:
+        """Rename a snapshot or change its description (``virsh snapshot-edit``,
+        ``snapper modify``); storage knows snapshots by id, so only the
+        catalog changes."""
+        if new_name is None and description is None:
+            raise InvalidInput("nothing to change: give a new name or a description")
+        if new_name is not None:
+            check_name(new_name)
+        if description is not None:
+            check_description(description)
+        self.group(group)
+        with self.coordinator.locked(group, "edit"):
+            snap = self.coordinator.snapshot(group, name)
+            target = snap.name if new_name is None else new_name
+            if target != snap.name and self.catalog.get_snapshot(group, target) is not None:
+                raise Conflict(f"group {group!r} already has a snapshot named {target!r}")
+            self.catalog.edit_snapshot(snap.snapshot_id, target,
+                                       snap.description if description is None else description)
+            return self.coordinator.snapshot(group, target)
 
     def current(self, group: str) -> Snapshot | None:
         g = self.group(group)

@@ -331,6 +331,12 @@ class Catalog:
                                 (group, name)).fetchone()
         return self._snapshot_from_row(row) if row else None
 
+    def edit_snapshot(self, snapshot_id: str, name: str, description: str) -> None:
+        """Give a snapshot another name or description (nothing on storage names it)."""
+        with self.write("snapshot-edit") as db:
+            db.execute("UPDATE snapshots SET name=?, description=? WHERE snapshot_id=?",
+                       (name, description, snapshot_id))
+
     def get_snapshot_by_id(self, snapshot_id: str) -> Snapshot | None:
         row = self.conn.execute("SELECT * FROM snapshots WHERE snapshot_id=?", (snapshot_id,)).fetchone()
         return self._snapshot_from_row(row) if row else None

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("group")
         p.add_argument("name")
         _json_flag(p)
+    p = sub.add_parser("edit", help="rename a snapshot or change its description")
+    p.add_argument("group")
+    p.add_argument("name")
+    p.add_argument("--rename", metavar="NEW_NAME", help="the snapshot's new name")
+    p.add_argument("--description", "-d", help="the new description ('' clears it)")
+    _json_flag(p)
     p = sub.add_parser("revert", help="revert a group to a snapshot")
     p.add_argument("group")
     p.add_argument("name")
@@ -225,6 +231,14 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         snap = api.parent(args.group, args.name)
         out.emit(None if snap is None else snapshot_dict(snap, api.group(args.group).current),
                  snap.name if snap else "(none)")
+        return 0
+    if cmd == "edit":
+        snap = api.edit(args.group, args.name, new_name=args.rename, description=args.description)
+        said = [f"renamed to {snap.name!r}"] if snap.name != args.name else []
+        if args.description is not None:
+            said.append("description " + ("cleared" if not snap.description else "set"))
+        out.emit(snapshot_dict(snap, api.group(args.group).current),
+                 f"snapshot {args.name!r} of group {args.group!r}: {', '.join(said) or 'unchanged'}")
         return 0
     if cmd == "info":
         snap = api.info(args.group, args.name)

@@ -8,10 +8,22 @@ import unicodedata
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "split_spec", "check_abs_path", "beside",
+__all__ = ["MAX_NAME_LENGTH", "check_name", "check_description", "split_spec", "check_abs_path", "beside",
            "entries_beside", "remove_if_empty"]
 
 MAX_NAME_LENGTH = 64
+
+
+#: characters a snapshot's description may hold
+MAX_DESCRIPTION_LENGTH = 4096
+
+
+def check_description(text: object) -> str:
+    """Return ``text`` if it may be a snapshot's description, else raise."""
+    if not isinstance(text, str) or "\x00" in text or len(text) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput(f"description must be text without NUL, at most "
+                           f"{MAX_DESCRIPTION_LENGTH} characters")
+    return text
 
 
 def check_name(name: object, what: str = "snapshot name") -> str:
