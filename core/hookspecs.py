@@ -146,7 +146,8 @@ def snaptree_snapshot(
     A backend whose capabilities declare ``atomic_batch`` receives every
     volume of the group it owns in one call and must snapshot all or none;
     other backends receive one volume per call.  Name storage objects with
-    ``ctx.snapshot_id`` so that :func:`snaptree_list` can recognise them.
+    ``ctx.snapshot_id`` so that :func:`snaptree_list` can recognise them;
+    never with ``ctx.snapshot_name``, which ``snaptree edit`` may change.
 
     If you raise, leave nothing behind for the volumes of this call; the
     coordinator undoes members made by earlier calls with

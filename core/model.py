@@ -166,6 +166,7 @@ class OpContext:
 
     group: Group
     snapshot_id: str
+    #: for messages only: ``snaptree edit`` can rename a snapshot, its id stays
     snapshot_name: str
     #: Merged group options and per-operation options (e.g. ``mode``, ``memory``).
     options: dict[str, Any] = attrs.field(factory=dict)
