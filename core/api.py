@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -12,7 +13,7 @@ from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
 from .errors import (Conflict, InvalidInput, PermissionDenied, PluginError, SnapshotNotFound,
-                     StateError)
+                     SnaptreeError, StateError, VolumeNotFound)
 from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
 from .names import check_abs_path, check_description, check_name, split_spec
 from .plugins import PluginSet
@@ -113,16 +114,7 @@ class Snaptree:
         check_name(name, "group name")
         if not volume_specs:
             raise InvalidInput("a group needs at least one volume")
-        volumes: list[Volume] = []
-        for spec in volume_specs:
-            volume = self.claim(spec)
-            self._refuse_own_state(volume)
-            if volume in volumes:
-                raise InvalidInput(f"volume {volume.spec} is listed twice")
-            owner = self.catalog.volume_owner(volume.spec)
-            if owner is not None:
-                raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
-            volumes.append(volume)
+        volumes = self._claim_free(volume_specs)
         if qmp_socket is not None:
             qmp_socket = check_abs_path(qmp_socket, "QMP socket")
         options = _checked_options(options)
@@ -133,11 +125,84 @@ class Snaptree:
         try:
             self.catalog.add_group(group)
         except Exception as err:
-            import sqlite3
             if isinstance(err.__cause__, sqlite3.IntegrityError) or isinstance(err, sqlite3.IntegrityError):
                 raise Conflict(f"group {name!r} or one of its volumes is already registered") from err
             raise
         return self.catalog.get_group(name)
+
+    def _claim_free(self, volume_specs: Sequence[str]) -> list[Volume]:
+        """Claim each spec; refuse one listed twice or already in a group."""
+        volumes: list[Volume] = []
+        for spec in volume_specs:
+            volume = self.claim(spec)
+            self._refuse_own_state(volume)
+            if volume in volumes:
+                raise InvalidInput(f"volume {volume.spec} is listed twice")
+            owner = self.catalog.volume_owner(volume.spec)
+            if owner is not None:
+                raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
+            volumes.append(volume)
+        return volumes
+
+    def add_volumes(self, name: str, volume_specs: Sequence[str]) -> Group:
+        """Add volumes to a group (a disk the VM got).
+
+        Snapshots taken before have no member on them: reverting to one
+        leaves these volumes as they are (and says so), and refuses to
+        bring back VM memory that never knew the disk.
+        """
+        if not volume_specs:
+            raise InvalidInput("name at least one volume to add")
+        self.group(name)
+        volumes = self._claim_free(volume_specs)
+        with self.coordinator.locked(name, "group-add"):
+            self.group(name)
+            try:
+                self.catalog.add_volumes(name, volumes)
+            except sqlite3.IntegrityError as err:  # claimed by another group meanwhile
+                raise Conflict(f"one of {', '.join(v.spec for v in volumes)} joined "
+                               "another group meanwhile") from err
+        return self.group(name)
+
+    def remove_volumes(self, name: str, volume_specs: Sequence[str]) -> Group:
+        """Take volumes out of a group; their data stays as it is.
+
+        Refused while a snapshot holds a member on one of them (delete
+        those snapshots first), and for the group's last volume.
+        """
+        if not volume_specs:
+            raise InvalidInput("name at least one volume to remove")
+        self.group(name)
+        with self.coordinator.locked(name, "group-remove"):
+            group = self.group(name)
+            specs = [self._member_spec(group, spec) for spec in volume_specs]
+            if len(set(specs)) != len(specs):
+                raise InvalidInput("a volume is listed twice")
+            if len(specs) >= len(group.volumes):
+                raise InvalidInput(f"group {name!r} would have no volume left; "
+                                   "'snaptree group delete' forgets a group")
+            for spec in specs:
+                held = self.catalog.snapshots_with_member(name, spec)
+                if held:
+                    shown = ", ".join(repr(n) for n in held[:3]) + (", ..." if len(held) > 3 else "")
+                    raise Conflict(f"volume {spec} has members in {len(held)} snapshot(s) of group "
+                                   f"{name!r} ({shown}); delete those snapshots first")
+            self.catalog.remove_volumes(name, specs)
+        return self.group(name)
+
+    def _member_spec(self, group: Group, spec: str) -> str:
+        """The spec under which ``group`` holds the volume ``spec`` names."""
+        backend, locator = split_spec(spec)
+        specs = {v.spec for v in group.volumes}
+        if f"{backend}:{locator}" in specs:
+            return f"{backend}:{locator}"
+        try:
+            claimed = self.claim(spec).spec  # the backend's spelling of the locator
+        except SnaptreeError:
+            claimed = None
+        if claimed in specs:
+            return claimed
+        raise VolumeNotFound(f"volume {spec} is not in group {group.name!r}")
 
     def _refuse_own_state(self, volume: Volume) -> None:
         """A volume must not hold snaptree's own state: reverting it would

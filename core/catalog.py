@@ -24,7 +24,7 @@ from .model import Group, MemberSnapshot, MemoryState, Snapshot, SnapshotState, 
 
 __all__ = ["Catalog", "SCHEMA_VERSION", "JournalEntry"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +79,11 @@ CREATE TABLE journal (
 );
 CREATE INDEX journal_open ON journal(status);
 """
+
+#: version 1 -> 2: ``groups.revision`` counts changes of a group's volumes
+_MIGRATIONS = {
+    2: ["ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"],
+}
 
 
 class JournalEntry(dict):
@@ -161,14 +166,25 @@ class Catalog:
                 for statement in _SCHEMA_V1.split(";"):
                     if statement.strip():
                         self.conn.execute(statement)
-                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
             self.conn.execute("COMMIT")
-        version = int(self.conn.execute(
-            "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"catalog {self.path} has schema version {version}; this snaptree knows "
                 f"up to {SCHEMA_VERSION}: upgrade snaptree")
+        if version < SCHEMA_VERSION:
+            self.conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it
+            try:
+                for step in range(self.schema_version() + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        self.conn.execute(statement)
+                    self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                                      (str(step),))
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
@@ -196,15 +212,15 @@ class Catalog:
 
     def get_group(self, name: str) -> Group | None:
         row = self.conn.execute(
-            "SELECT g.rowid, g.created, g.qmp_socket, g.options, g.current_id, s.name"
+            "SELECT g.rowid, g.created, g.qmp_socket, g.options, g.current_id, s.name, g.revision"
             " FROM groups g LEFT JOIN snapshots s ON s.snapshot_id = g.current_id"
             " WHERE g.name=?", (name,)).fetchone()
         if row is None:
             return None
-        # A group's volumes never change once it is added, its socket and
-        # options only in place (update_group); the same name added again
+        # A group changes in place: its socket and options (update_group) and
+        # its volumes (which bump its revision); the same name added again
         # after a delete is another row (its rowid, its time).
-        key = (name, row[0], row[1], row[2], row[3])
+        key = (name, row[0], row[1], row[2], row[3], row[6])
         defined = self._definitions.get(key)
         if defined is None:
             volumes = tuple(
@@ -220,6 +236,30 @@ class Catalog:
                 del self._definitions[stale]
             self._definitions[key] = defined
         return attrs.evolve(defined, current=row[5] if row[4] else None, current_id=row[4])
+
+    def add_volumes(self, name: str, volumes) -> None:
+        """Append ``volumes`` to group ``name``."""
+        with self.write("group-add") as db:
+            last = db.execute("SELECT max(position) FROM volumes WHERE group_name=?",
+                              (name,)).fetchone()[0]
+            for position, volume in enumerate(volumes, (last if last is not None else -1) + 1):
+                db.execute(
+                    "INSERT INTO volumes (spec, group_name, backend, locator, position) VALUES (?,?,?,?,?)",
+                    (volume.spec, name, volume.backend, volume.locator, position))
+            db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
+
+    def remove_volumes(self, name: str, specs) -> None:
+        """Take the volumes ``specs`` out of group ``name``."""
+        with self.write("group-remove") as db:
+            for spec in specs:
+                db.execute("DELETE FROM volumes WHERE group_name=? AND spec=?", (name, spec))
+            db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
+
+    def snapshots_with_member(self, group: str, spec: str) -> list[str]:
+        """Names of ``group``'s snapshots that hold a member on volume ``spec``."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT s.name FROM snapshots s JOIN members m ON m.snapshot_id = s.snapshot_id"
+            " WHERE s.group_name=? AND m.spec=? ORDER BY s.created", (group, spec))]
 
     def update_group(self, name: str, qmp_socket: str | None, options: dict[str, Any]) -> None:
         """Give group ``name`` another QMP socket and options (volumes stay)."""

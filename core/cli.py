@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qmp", metavar="SOCKET", help="QMP socket of the QEMU owning the disks")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. qcow2.mode=external")
+    p = gsub.add_parser("add", help="add volumes to a group (older snapshots leave them alone)")
+    p.add_argument("name")
+    p.add_argument("volumes", nargs="+", metavar="BACKEND:LOCATOR")
+    _json_flag(p)
+    p = gsub.add_parser("remove", help="take volumes out of a group (their data stays)")
+    p.add_argument("name")
+    p.add_argument("volumes", nargs="+", metavar="BACKEND:LOCATOR")
+    _json_flag(p)
     p = gsub.add_parser("set", help="change a group's QMP socket or options (snapshots stay)")
     p.add_argument("name")
     socket = p.add_mutually_exclusive_group()
@@ -176,6 +184,12 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
             g = api.create_group(args.name, args.volumes, qmp_socket=args.qmp,
                                  options=_options(args.option))
             out.emit(group_dict(g), f"group {g.name!r} created with {len(g.volumes)} volume(s)")
+        elif action in ("add", "remove"):
+            change = api.add_volumes if action == "add" else api.remove_volumes
+            g = change(args.name, args.volumes)
+            done = "added to" if action == "add" else "removed from"
+            out.emit(group_dict(g), [f"{len(args.volumes)} volume(s) {done} group {g.name!r}; "
+                                     f"it has {len(g.volumes)}"])
         elif action == "set":
             socket = None if args.no_qmp else (args.qmp if args.qmp is not None else KEEP)
             g = api.set_group(args.name, qmp_socket=socket, options=_options(args.option),

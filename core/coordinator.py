@@ -367,10 +367,14 @@ class Coordinator:
             ctx = self.context(group, snap.snapshot_id, name, options)
             ctx.scratch["snapshot"] = snap
             members_by_spec = {m.volume.spec: m for m in snap.members}
-            missing = [v.spec for v in group.volumes if v.spec not in members_by_spec]
-            if missing:
-                raise NotSupported(f"snapshot {name!r} has no member for {missing[0]}")
-            batches = batches_for(self.plugins, group.volumes)
+            # volumes added to the group after the snapshot was taken
+            newer = [v.spec for v in group.volumes if v.spec not in members_by_spec]
+            if newer and options["memory"]:
+                raise NotSupported(
+                    f"snapshot {name!r} holds VM memory from before volume {newer[0]} joined the "
+                    "group; 'revert --disks-only' brings back only the disks")
+            reverted = [v for v in group.volumes if v.spec in members_by_spec]
+            batches = batches_for(self.plugins, reverted)
             self._prepare("revert", batches, ctx, members=list(snap.members))
 
             with self._operation(group, "revert", ctx) as span:
@@ -393,7 +397,7 @@ class Coordinator:
                         self._call(f"revert:{backend}", self.hook.snaptree_revert,
                                    backend=backend, members=members, ctx=ctx)
                         done.extend(v.spec for v in volumes)
-                        ctx.progress(len(done), len(group.volumes), f"revert {name}")
+                        ctx.progress(len(done), len(reverted), f"revert {name}")
                     if options["memory"]:
                         restored = self._call("memory-restore", self.hook.snaptree_memory_restore,
                                               group=group, snapshot=snap, ctx=ctx)
@@ -407,6 +411,8 @@ class Coordinator:
                     with self.catalog.write("revert-commit") as db:
                         self.catalog.set_current(group_name, snap.snapshot_id, db)
                         self.catalog.journal_finish(op_id, "done", db)
+                    self.warnings.extend(f"volume {spec} joined the group after snapshot {name!r}: "
+                                         "left as it is" for spec in newer)
                 except BaseException as err:
                     if suspended:
                         try:

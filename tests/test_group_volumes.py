@@ -1,0 +1,154 @@
+"""``group add`` / ``group remove``: a VM gains or loses a disk, the group keeps its history."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from qemu_fixtures import make_images, start_vm
+from snaptree import Snaptree
+from snaptree.api import CATALOG_FILE
+from snaptree.catalog import _SCHEMA_V1, SCHEMA_VERSION, Catalog
+from snaptree.cli import main
+from snaptree.errors import NotSupported
+
+
+def st(capsys, state, *args):
+    code = main(["--state-dir", str(state), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def disks(tmp_path):
+    made = []
+    for index in range(3):
+        disk = tmp_path / f"d{index}.img"
+        disk.write_bytes(b"0" * 8192)
+        made.append(disk)
+    return tmp_path / "state", made
+
+
+def fill(disk, byte: bytes) -> None:
+    disk.write_bytes(byte * 8192)
+
+
+def test_an_added_disk_is_left_alone_by_older_snapshots(capsys, disks):
+    state, (d0, d1, _) = disks
+    assert st(capsys, state, "group", "create", "vm", f"raw:{d0}")[0] == 0
+    fill(d0, b"a")
+    assert st(capsys, state, "create", "vm", "before")[0] == 0
+    code, out, err = st(capsys, state, "group", "add", "vm", f"raw:{d1}", "--json")
+    assert (code, err) == (0, "") and json.loads(out)["volumes"] == [f"raw:{d0}", f"raw:{d1}"]
+    fill(d0, b"b")
+    fill(d1, b"B")
+    assert st(capsys, state, "create", "vm", "after")[0] == 0
+    fill(d0, b"c")
+    fill(d1, b"C")
+    code, out, err = st(capsys, state, "revert", "vm", "before")
+    assert code == 0 and f"raw:{d1} joined the group after snapshot 'before'" in err
+    assert d0.read_bytes() == b"a" * 8192 and d1.read_bytes() == b"C" * 8192
+    assert st(capsys, state, "check", "vm")[0] == 0  # no member there is no drift
+    assert st(capsys, state, "revert", "vm", "after")[0] == 0
+    assert d0.read_bytes() == b"b" * 8192 and d1.read_bytes() == b"B" * 8192
+    code, out, _ = st(capsys, state, "info", "vm", "before", "--json")
+    assert [m["volume"] for m in json.loads(out)["members"]] == [f"raw:{d0}"]
+    assert st(capsys, state, "delete", "vm", "before")[0] == 0
+    assert st(capsys, state, "check", "vm")[0] == 0
+
+
+def test_remove_waits_for_the_snapshots_holding_the_disk(capsys, disks):
+    state, (d0, d1, d2) = disks
+    assert st(capsys, state, "group", "create", "vm", f"raw:{d0}", f"raw:{d1}")[0] == 0
+    assert st(capsys, state, "create", "vm", "s1")[0] == 0
+    before = st(capsys, state, "group", "show", "vm", "--json")[1]
+    code, out, err = st(capsys, state, "group", "remove", "vm", f"raw:{d1}")
+    assert code == 4 and "has members in 1 snapshot(s)" in err and "'s1'" in err
+    assert st(capsys, state, "group", "show", "vm", "--json")[1] == before
+    assert st(capsys, state, "delete", "vm", "s1")[0] == 0
+    fill(d1, b"x")
+    code, out, err = st(capsys, state, "group", "remove", "vm", f"raw:{d1}")
+    assert code == 0 and "it has 1" in out
+    assert d1.read_bytes() == b"x" * 8192  # the data stays
+    # the freed volume may join another group; the removed one is not ours any more
+    assert st(capsys, state, "group", "create", "other", f"raw:{d1}")[0] == 0
+    assert st(capsys, state, "create", "vm", "s2")[0] == 0
+    assert st(capsys, state, "check", "vm")[0] == 0
+
+
+@pytest.mark.parametrize("action, args, code, message", [
+    ("remove", ["raw:/nowhere.img"], 3, "is not in group 'vm'"),
+    ("remove", ["{d0}", "{d1}"], 2, "no volume left"),
+    ("remove", ["{d1}", "{d1}"], 2, "listed twice"),
+    ("add", ["{d0}"], 4, "already belongs to group 'vm'"),
+    ("add", ["{d2}", "{d2}"], 2, "listed twice"),
+    ("add", ["raw:/nowhere.img"], 3, "does not exist"),
+    ("add", ["nobackend"], 2, "BACKEND:LOCATOR"),
+])
+def test_bad_input_changes_nothing(capsys, disks, action, args, code, message):
+    state, (d0, d1, d2) = disks
+    assert st(capsys, state, "group", "create", "vm", f"raw:{d0}", f"raw:{d1}")[0] == 0
+    before = st(capsys, state, "group", "show", "vm", "--json")[1]
+    specs = [a.format(d0=f"raw:{d0}", d1=f"raw:{d1}", d2=f"raw:{d2}") for a in args]
+    got, out, err = st(capsys, state, "group", action, "vm", *specs)
+    assert got == code and message in err and err.count("\n") == 1 and out == ""
+    assert st(capsys, state, "group", "show", "vm", "--json")[1] == before
+
+
+def test_another_process_sees_the_new_volumes(disks):
+    """The catalog caches group definitions: a change elsewhere must show."""
+    state, (d0, d1, _) = disks
+    with Snaptree(str(state)) as one, Snaptree(str(state)) as two:
+        one.create_group("vm", [f"raw:{d0}"])
+        assert len(one.group("vm").volumes) == 1  # cached now
+        two.add_volumes("vm", [f"raw:{d1}"])
+        assert [v.spec for v in one.group("vm").volumes] == [f"raw:{d0}", f"raw:{d1}"]
+        snap = one.create("vm", "both")
+        assert len(snap.members) == 2
+        two.delete("vm", "both")
+        two.remove_volumes("vm", [f"raw:{d0}"])
+        assert [v.spec for v in one.group("vm").volumes] == [f"raw:{d1}"]
+
+
+def test_a_version_1_catalog_is_migrated(tmp_path, disks):
+    _, (d0, _, _) = disks
+    path = tmp_path / "old" / CATALOG_FILE
+    path.parent.mkdir()
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_V1)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO groups (name, options, created) VALUES ('vm', '{}', 1.0)")
+    conn.execute("INSERT INTO volumes VALUES (?, 'vm', 'raw', ?, 0)", (f"raw:{d0}", str(d0)))
+    conn.commit()
+    conn.close()
+    catalog = Catalog(str(path))
+    assert catalog.schema_version() == SCHEMA_VERSION == 2
+    assert [v.spec for v in catalog.get_group("vm").volumes] == [f"raw:{d0}"]
+    catalog.close()
+    with Snaptree(str(path.parent)) as api:
+        api.create("vm", "s1")
+        assert api.check("vm").clean
+
+
+@pytest.mark.qemu
+def test_memory_from_before_a_disk_joined_is_refused(tmp_path):
+    images = make_images(str(tmp_path), 2)
+    vm = start_vm(str(tmp_path), images)
+    try:
+        with Snaptree(str(tmp_path / "state")) as api:
+            api.create_group("vm", [f"qcow2:{images[0]}"], qmp_socket=vm.qmp_socket)
+            api.create("vm", "ram", memory=True)
+            api.add_volumes("vm", [f"qcow2:{images[1]}"])
+            with pytest.raises(NotSupported, match="--disks-only"):
+                api.revert("vm", "ram")
+            assert api.group("vm").current == "ram" and api.journal("vm")[0]["status"] == "done"
+            vm.quit()  # a disks-only revert of a running VM needs a launch recipe
+            api.revert("vm", "ram", disks_only=True)
+            assert any("joined the group after snapshot 'ram'" in w for w in api.warnings)
+            api.create("vm", "two")
+            assert len(api.info("vm", "two").members) == 2
+            assert api.check("vm").clean
+    finally:
+        vm.kill()
