@@ -14,7 +14,7 @@ from .catalog import Catalog
 from .coordinator import Coordinator
 from .errors import (Conflict, InvalidInput, PermissionDenied, PluginError, SnapshotNotFound,
                      SnaptreeError, StateError, VolumeNotFound)
-from .model import BackendInfo, Group, Snapshot, SpaceUsage, Volume
+from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
 from .names import check_abs_path, check_description, check_name, split_spec
 from .plugins import PluginSet
 from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover, recover_held
@@ -359,6 +359,46 @@ class Snaptree:
     def delete(self, group: str, name: str, *, children: bool = False) -> list[str]:
         """Delete snapshot ``name`` (its subtree with ``children``); children are re-parented."""
         return self.coordinator.delete(group, name, children=children)
+
+    def prune(self, group: str, keep: int, *, dry_run: bool = False) -> list[str]:
+        """Delete all but the ``keep`` newest complete snapshots, never the current one
+        (snapper's number cleanup); oldest first, each as its own delete.
+
+        Returns the names deleted (with ``dry_run``: that would be).  A
+        failed delete stops the pruning: what was deleted before stays
+        deleted, and the error names them.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise InvalidInput(f"keep must be a whole number of 0 or more, not {keep!r}")
+        snaps = [s for s in self.list(group) if s.state is SnapshotState.COMPLETE]
+        newest_first = sorted(snaps, key=lambda s: s.created, reverse=True)
+        kept = {s.snapshot_id for s in newest_first[:keep]}
+        current = self.group(group).current_id
+        doomed = [s for s in snaps if s.snapshot_id not in kept and s.snapshot_id != current]
+        if dry_run:
+            return [s.name for s in doomed]
+        deleted: list[str] = []
+        warnings: list[str] = []
+        for index, snap in enumerate(doomed):
+            now = self.catalog.get_snapshot_by_id(snap.snapshot_id)
+            if now is None or self.group(group).current_id == snap.snapshot_id:
+                continue  # deleted, or reverted to, meanwhile
+            try:
+                self.coordinator.delete(group, now.name)
+            except SnapshotNotFound:
+                continue
+            except SnaptreeError as err:
+                if deleted:
+                    err.message = (f"{err.one_line()} (pruning stopped; deleted before: "
+                                   f"{', '.join(repr(n) for n in deleted)})")
+                raise
+            finally:
+                warnings.extend(self.coordinator.warnings)
+            deleted.append(now.name)
+            if self.coordinator.progress is not None:
+                self.coordinator.progress(index + 1, len(doomed), f"prune {group}")
+        self.coordinator.warnings = warnings
+        return deleted
 
     def list(self, group: str) -> list[Snapshot]:
         """Snapshots of ``group`` in creation order (complete ones and any unfinished)."""

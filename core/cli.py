@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--children", action="store_true", help="delete the whole subtree")
     _json_flag(p)
+    p = sub.add_parser("prune", help="delete all but the N newest snapshots (never the current)")
+    p.add_argument("group")
+    p.add_argument("--keep", type=_whole, required=True, metavar="N",
+                   help="how many of the newest snapshots to keep (the current one stays too)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    _json_flag(p)
     p = sub.add_parser("start", help="start a group's VM on its current disks (needs a launch recipe)")
     p.add_argument("group")
     p.add_argument("--paused", action="store_true", help="leave the guest paused")
@@ -286,6 +292,12 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         names = api.delete(args.group, args.name, children=args.children)
         out.emit({"deleted": names}, f"deleted {', '.join(repr(n) for n in names)}")
         return 0
+    if cmd == "prune":
+        names = api.prune(args.group, args.keep, dry_run=args.dry_run)
+        said = "would delete" if args.dry_run else "deleted"
+        out.emit({"deleted": names, "dry_run": args.dry_run},
+                 f"{said} {', '.join(repr(n) for n in names)}" if names else "nothing to delete")
+        return 0
     if cmd == "start":
         images = api.start_vm(args.group, paused=args.paused)
         state = "paused" if args.paused else "running"
@@ -343,6 +355,17 @@ def _seconds(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _whole(text: str) -> int:
+    """A count of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
     return value
 
 
