@@ -255,9 +255,10 @@ class Snaptree:
                                "or --unset KEY")
         self.group(name)
         # Under the lock: no operation reads the group halfway through the
-        # change.  What an interrupted one left is finished first where it
-        # can be; where it cannot, the change goes ahead (a new socket may be
-        # what recover needs).
+        # change.  What an interrupted operation left is not recovered first:
+        # the next operation does that through the socket set here (the old
+        # one may lead nowhere, and recovering offline what a running VM
+        # holds would fail or, worse, act on stale state).
         with self.coordinator.locked(name, "group-set"):
             group = self.group(name)
             merged = dict(group.options)
@@ -301,6 +302,8 @@ class Snaptree:
         on a group recovery cannot bring back to a known state is refused;
         deletes go ahead (removing the snapshot a stuck revert aimed at is
         the way out), with what was left said as a warning."""
+        if operation == "group-set":
+            return  # recover through a socket that may be dead is what group set mends
         blocks = operation in ("create", "revert", "start")
         if not self.auto_recover:
             if blocks and self.catalog.has_open_journal(group):

@@ -461,6 +461,7 @@ class Coordinator:
             batches = batches_for(self.plugins, group.volumes)
             for s in snaps:
                 ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
+                ctx.scratch["deleting"] = frozenset(ids)
                 self._prepare("delete", batches, ctx, members=list(s.members))
             with self.catalog.write("delete-begin") as db:
                 op_id = self.catalog.journal_begin(group_name, "delete", snap.snapshot_id,

@@ -82,7 +82,10 @@ def snaptree_prepare(
     group's lock, so what you check cannot change before the backends act.  Check that volumes exist and are not
     in use in a way you cannot handle, that tools are installed, that options
     in ``ctx.options`` are valid, and (for ``"revert"``/``"delete"``) that the
-    members in ``ctx.scratch["members"]`` can be reverted to or removed.
+    members in ``ctx.scratch["members"]`` can be reverted to or removed.  A
+    delete of a subtree prepares each of its snapshots in turn, children
+    first; ``ctx.scratch["deleting"]`` holds the ids of every snapshot it
+    removes, so a member may depend on one of those.
 
     Stops at first non-None result.
 
@@ -269,11 +272,19 @@ def snaptree_recover_volume(backend: str, volume: Volume) -> Sequence[str] | Non
     drop half-made overlays.  Must be safe to call at any time, including
     when nothing needs doing.
 
+    A revert you let end successfully but finish later (a deferred merge)
+    may turn out never to happen: return a
+    :class:`snaptree.model.RevertFailed` line for it, naming the snapshot
+    it went back to.  ``recover`` then makes the snapshot that was current
+    before that revert the group's current one again, if the revert's target
+    still is.  Returning it again later changes nothing more.
+
     Stops at first non-None result.
 
     :param backend: backend name; return ``None`` if it is not yours.
     :param volume: a claimed volume.
-    :returns: human-readable lines describing what was done (may be empty).
+    :returns: human-readable lines describing what was done (may be empty),
+        each a ``str`` or a :class:`snaptree.model.RevertFailed`.
     """
 
 

@@ -118,3 +118,25 @@ def test_a_restarted_vm_on_a_new_socket(short_dir):
             assert api.check("vm").clean
     finally:
         daemon.kill()
+
+
+def test_set_leaves_recovery_to_the_next_operation(tmp_path):
+    """An interrupted operation is not recovered through the old socket:
+    set changes the group, the next operation recovers through the new one."""
+    import subprocess
+    import sys
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"1" * 4096)
+    state = str(tmp_path / "state")
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"raw:{disk}"])
+    killed = subprocess.run([sys.executable, "-m", "snaptree", "--state-dir", state, "create",
+                             "vm", "lost"], capture_output=True, text=True,
+                            env={**os.environ, "SNAPTREE_KILL_AT_LABEL": "backend:snapshot:raw:after"})
+    assert killed.returncode == -9
+    with Snaptree(state) as api:
+        api.set_group("vm", qmp_socket="/run/new.qmp")
+        assert api.warnings == [] and api.catalog.has_open_journal("vm")
+        api.create("vm", "kept")
+        assert any(w.startswith("recovered first:") for w in api.warnings)
+        assert [s.name for s in api.list("vm")] == ["kept"] and api.check("vm").clean

@@ -158,7 +158,8 @@ class Qcow2Backend(VolumeBackend):
                 self._check_free(touched)
         if operation == "delete":
             members = ctx.scratch.get("members", [])
-            chains: dict[str, Chain] = {}  # both checks read each member's chain once
+            chains: dict[str, Chain] = {}  # the checks read each member's chain once
+            self._check_no_tags_above(members, chains, ctx.scratch.get("deleting", ()))
             if self._live(ctx.group, ctx) is None:
                 self._check_free(self._delete_writes(members, chains))
             blocked = self._needs_vm_down(ctx, members, chains)
@@ -255,6 +256,22 @@ class Qcow2Backend(VolumeBackend):
         if chain is None:
             chain = chains[member.locator] = Chain(self.qemu_img, member.locator)
         return chain
+
+    def _check_no_tags_above(self, members, chains: dict[str, Chain], deleting) -> None:
+        """Refuse, before anything is journaled, an external snapshot whose
+        overlay holds internal snapshots this delete does not remove too."""
+        for member in members:
+            if member.data.get("mode") == "internal":
+                continue
+            overlay = overlay_path(member.locator, member.snapshot_id)
+            if not os.path.exists(overlay):
+                continue
+            kept = [t for t in self._chain(chains, member).snaptree_tags(overlay)
+                    if t not in deleting]
+            if kept:
+                raise NotSupported(
+                    f"qcow2: {overlay} holds internal snapshots taken on top of this one (ids "
+                    f"{', '.join(kept)}); delete those first, or this one with --children")
 
     def _delete_writes(self, members, chains: dict[str, Chain]) -> list[str]:
         """Images an offline delete writes: the tag's holders, or the overlay,

@@ -17,7 +17,7 @@ import os
 import struct
 from typing import Any, NamedTuple
 
-__all__ = ["snapshot_names", "read_header", "Header"]
+__all__ = ["snapshot_names", "read_header", "Header", "holds_no_data"]
 
 _MAGIC = b"QFI\xfb"
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to snapshots_offset: 72 bytes
@@ -27,6 +27,7 @@ _CHUNK = 4096  # a table of a few dozen snapshots
 _MAX_BACKING_NAME = 1023                     # QEMU refuses longer backing file names
 _MAX_SNAPSHOTS = 65536                       # QEMU's limits on the table (QCOW_MAX_SNAPSHOTS*)
 _MAX_TABLE_BYTES = 64 * 1024 * 1024
+_MAX_L1_ENTRIES = 32 * 1024 * 1024 // 8     # QEMU's QCOW_MAX_L1_SIZE (32 MiB)
 
 
 class Header(NamedTuple):
@@ -48,6 +49,32 @@ def snapshot_names(path: str) -> list[str] | None:
     """
     header = read_header(path)
     return None if header is None else [s["name"] for s in header.snapshots]
+
+
+def holds_no_data(path: str) -> bool:
+    """True when the qcow2 image ``path`` maps no cluster of its own (its L1
+    table is all zeros): everything it shows comes from its backing image.
+
+    What a QEMU that has the image open wrote may not be in the file yet:
+    ask only about an image nobody holds.  False when it cannot tell.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fields = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+        if fields[0] != _MAGIC or fields[1] not in (2, 3) or fields[11]:
+            return False  # not qcow2, or it holds internal snapshots
+        l1_entries, l1_offset = fields[7], fields[8]
+        if l1_entries > _MAX_L1_ENTRIES:
+            return False
+        table = os.pread(fd, 8 * l1_entries, l1_offset)
+        return len(table) == 8 * l1_entries and not any(table)
+    except (OSError, struct.error):
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_header(path: str) -> Header | None:

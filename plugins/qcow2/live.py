@@ -101,6 +101,49 @@ def _stamp(path: str) -> Stamp | None:
         return None
 
 
+def _runs_as_another_user(session: QMPSession) -> bool:
+    """True when the QEMU behind ``session`` runs as a user other than snaptree's.
+
+    The socket's peer credentials are those of whoever made it listen; a
+    QEMU started with ``-runas`` drops root afterwards, so its process is
+    asked what it is now.  Unknown counts as "same user" (the transaction
+    then says "Permission denied" and the caller retries).
+    """
+    pid, uid = session.peer_pid, session.peer_uid
+    if pid:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        uid = int(line.split()[2])  # effective
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    return uid is not None and uid != os.geteuid()
+
+
+def _rests_on(chain: Chain, image: str, base: str) -> bool:
+    """True when ``image`` is ``base`` or built on it (through its backing files)."""
+    seen: set[str] = set()
+    while image is not None and image not in seen:
+        if image == base:
+            return True
+        seen.add(image)
+        image = chain.backing.get(image)  # type: ignore[assignment]
+    return False
+
+
+def _running_top(chain: Chain, nodes: Mapping[str, str], image: str) -> str:
+    """The image QEMU runs on above ``image``: up its held children while there is one."""
+    seen = {image}
+    while True:
+        held = [c for c in chain.children(image) if c in nodes and c not in seen]
+        if len(held) != 1:
+            return image
+        image = held[0]
+        seen.add(image)
+
+
 def _node_name(snapshot_id: str, index: int) -> str:
     # node names: a letter first, at most 31 characters
     return f"st{snapshot_id}n{index}"
@@ -197,18 +240,31 @@ class LiveOps:
                                          "snapshot-node-name": _node_name(snapshot_id, index),
                                          "format": "qcow2", "mode": "absolute-paths"}})
                 members.append(external_member(volume, snapshot_id, active))
-        if mode == "external" and session.peer_uid not in (None, os.geteuid()):
+        made = False
+        if mode == "external" and _runs_as_another_user(session):
             self._make_overlays(session, volumes, actives, members, actions)
+            made = True
         try:
             # No completion-mode "grouped": QEMU 7.2 refuses it for snapshot
             # actions (it concerns backup jobs only); the transaction itself
             # prepares every action before committing any.
             session.execute("transaction", {"actions": actions})
-        except QMPFailed:
+        except QMPFailed as err:
             if mode == "external":  # QEMU leaves the overlay files it created
                 self._remove_unused_overlays(session, members)
-            raise
+            if mode != "external" or made or "Permission denied" not in str(err):
+                raise
+            # A QEMU whose user the socket does not tell (it dropped root
+            # after listening, or a toolstack made the socket): snaptree
+            # makes the overlays, QEMU opens them.
+            self._make_overlays(session, volumes, actives, members, actions)
+            try:
+                session.execute("transaction", {"actions": actions})
+            except QMPFailed:
+                self._remove_unused_overlays(session, members)
+                raise
         if mode == "external":
+            faults.checkpoint("qcow2:switched")  # QEMU runs on the overlays; 'active' says not yet
             for volume, member in zip(volumes, members):
                 set_active(volume.locator, member.data["overlay"])
         return members
@@ -336,6 +392,11 @@ class LiveOps:
         if chain.snaptree_tags(overlay):
             raise NotSupported(f"qcow2: {overlay} holds internal snapshots; delete those first")
         active = active_image(member.locator)
+        if not _rests_on(chain, active, overlay):
+            # 'active' names an image below the overlay: a create was stopped
+            # after QEMU switched to the overlay, before snaptree wrote that
+            # down.  QEMU's own top above the overlay is the one to commit from.
+            active = _running_top(chain, nodes, overlay)
         top = nodes[active]
         job_id = f"snaptree-commit-{member.snapshot_id}"
         arguments: dict[str, Any] = {"job-id": job_id, "device": top, "base-node": nodes[frozen],

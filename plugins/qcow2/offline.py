@@ -16,7 +16,7 @@ from typing import Sequence
 from snaptree.errors import BackendError, NotFound, NotSupported
 from snaptree.model import MemberSnapshot, Volume
 
-from .header import read_header
+from .header import holds_no_data, read_header
 from .layout import (
     OVERLAY_FILE,
     PARTIAL,
@@ -230,10 +230,12 @@ class OfflineOps:
         if chain.snaptree_tags(overlay):
             raise NotSupported(
                 f"qcow2: {overlay} holds internal snapshots; delete those first")
-        if frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay):
-            # Never taken into use: a create stopped between making it and
-            # switching to it.  Nothing reads it, and the image below it
-            # runs on, so that image must not take its content.
+        if (frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay)
+                and self._never_written(overlay)):
+            # A create stopped between making the overlay and switching to
+            # it: nothing was written there, and the image below runs on.
+            # (Stopped after QEMU switched, before 'active' was written, the
+            # overlay holds the guest's writes: it is merged down below.)
             remove_file(overlay, "remove unused overlay")
             return
         if chain.children(frozen) == [overlay]:
@@ -241,6 +243,11 @@ class OfflineOps:
         else:
             self._rename_away(member.locator, chain, overlay)
         discard_unused(self.qemu_img, member.locator)
+
+    def _never_written(self, overlay: str) -> bool:
+        """True when ``overlay`` holds no data and no process has it open."""
+        self.qemu_img.check_unheld(overlay)  # VolumeInUse: a QEMU may run on it, unflushed
+        return holds_no_data(overlay)
 
     def _merge_down(self, image: str, chain: Chain, overlay: str, frozen: str) -> None:
         # Only this overlay reads the frozen image, so the frozen image may

@@ -3,7 +3,7 @@
 Every call goes through one :class:`snaptree.runner.CommandRunner` (argument
 lists, timing, fault injection).  A failure to take QEMU's image lock becomes
 :class:`~snaptree.errors.VolumeInUse` with a hint to make the group with
-its QMP socket (``group create --qmp``; no command adds one later), because
+its QMP socket (``group create --qmp`` or ``group set --qmp``), because
 that is the one mistake users make here.
 """
 
@@ -86,6 +86,13 @@ class QemuImg:
         """Point ``image``'s header at ``backing`` without touching data (same content)."""
         self._run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", backing,
                    "-F", "qcow2", image], image)
+
+    def check_unheld(self, image: str) -> None:
+        """Raise :class:`VolumeInUse` when another process holds ``image`` itself
+        for writing (its backing images are not opened)."""
+        # info opens without the backing chain; without -U it takes the
+        # shared read lock, which a running QEMU refuses
+        self._run(["qemu-img", "info", "--output=json", image], image)
 
     def check_writable(self, image: str) -> None:
         """Raise :class:`VolumeInUse` when a running QEMU holds ``image``'s write lock."""

@@ -1,0 +1,131 @@
+"""Crash windows of a live external create, and QEMU users the socket does not tell.
+
+A create killed after QEMU switched the disks to the new overlays but
+before snaptree wrote that down leaves QEMU running on overlays that hold
+the guest's writes: ``recover`` must merge them down, with QEMU running or
+not, never throw them away.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from qemu_fixtures import QemuProcess, make_images, qemu_io, start_daemon
+from snaptree import Snaptree
+from snaptree.errors import NotSupported
+from snaptree_qcow2 import active_image
+from snaptree_qcow2.layout import snapshot_dir
+import snaptree_qcow2.live as live
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture
+def folder():
+    path = tempfile.mkdtemp(prefix="stq-sw-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _killed_create(state: str, label: str) -> None:
+    killed = subprocess.run([sys.executable, "-m", "snaptree", "--state-dir", state,
+                             "create", "vm", "e1"], capture_output=True, text=True,
+                            env={**os.environ, "SNAPTREE_KILL_AT_LABEL": label})
+    assert killed.returncode == -9, killed.stderr
+
+
+def _overlays(disks):
+    return [n for d in disks for n in os.listdir(snapshot_dir(d)) if n.endswith(".qcow2")]
+
+
+@pytest.mark.parametrize("qemu_at_recover", ["running", "gone"])
+def test_guest_writes_after_the_switch_survive_recover(folder, qemu_at_recover):
+    disks = make_images(folder, 2)
+    for disk in disks:
+        qemu_io(disk, "write -P 0x11 0 1M")
+    daemon = start_daemon(folder, disks)
+    state = os.path.join(folder, "state")
+    try:
+        with Snaptree(state) as api:
+            api.create_group("vm", [f"qcow2:{d}" for d in disks], qmp_socket=daemon.qmp_socket,
+                             options={"qcow2.mode": "external"})
+        _killed_create(state, "qcow2:switched")
+        assert [active_image(d) for d in disks] == disks  # not written down
+        for index in range(len(disks)):  # the guest goes on, on the overlays
+            subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 0 64k",
+                            f"nbd+unix:///disk{index}?socket={daemon.nbd_socket}"],
+                           check=True, capture_output=True)
+        if qemu_at_recover == "gone":
+            daemon.quit()
+        with Snaptree(state, auto_recover=False) as api:
+            report = api.recover("vm")
+            assert not report.errors, report
+            assert api.list("vm") == [] and api.check("vm").clean
+        assert _overlays(disks) == [] and [active_image(d) for d in disks] == disks
+        daemon.quit()
+        for disk in disks:  # the guest's writes went into the disk, the rest is as it was
+            qemu_io(disk, "read -P 0x22 0 64k")
+            qemu_io(disk, "read -P 0x11 64k 960k")
+    finally:
+        daemon.kill()
+
+
+def test_a_tag_above_an_external_snapshot_is_refused_before_anything(folder):
+    disks = make_images(folder, 1)
+    with Snaptree(os.path.join(folder, "state")) as api:
+        api.create_group("vm", [f"qcow2:{d}" for d in disks], options={"qcow2.mode": "external"})
+        api.create("vm", "e1")
+        api.create("vm", "i2", options={"mode": "internal"})
+        with pytest.raises(NotSupported, match="internal snapshots taken on top of this one"):
+            api.delete("vm", "e1")
+        assert [(s.name, s.state.value) for s in api.list("vm")] == [("e1", "complete"),
+                                                                       ("i2", "complete")]
+        assert api.journal("vm")[0]["operation"] == "create"  # nothing journaled
+        api.create("vm", "e3")  # the group is not stuck
+        assert api.delete("vm", "e1", children=True) == ["e3", "i2", "e1"]
+        assert api.check("vm").clean
+
+
+def _runas_vm(folder: str, images: list[str]) -> QemuProcess:
+    """A VM that drops root with ``-runas`` after opening its QMP socket:
+    the socket's peer credentials still say root."""
+    qmp = os.path.join(folder, "vm.qmp")
+    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-m", "64", "-accel", "tcg",
+            "-qmp", f"unix:{qmp},server=on,wait=off", "-runas", "nobody"]
+    for index, image in enumerate(images):
+        argv += ["-blockdev", f"driver=file,filename={image},node-name=file{index}",
+                 "-blockdev", f"driver=qcow2,file=file{index},node-name=disk{index}",
+                 "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index}"]
+    return QemuProcess(argv, qmp, images)
+
+
+@pytest.mark.parametrize("detect", ["proc", "retry"])
+def test_a_qemu_that_dropped_root(folder, monkeypatch, detect):
+    nobody = pwd.getpwnam("nobody")
+    disks = make_images(folder, 2)
+    for disk in disks:
+        os.chown(disk, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(disk, 0o600)
+    if detect == "retry":  # as if nothing told the user: "Permission denied" does
+        monkeypatch.setattr(live, "_runs_as_another_user", lambda session: False)
+    vm = _runas_vm(folder, disks)
+    try:
+        with Snaptree(os.path.join(folder, "state")) as api:
+            api.create_group("vm", [f"qcow2:{d}" for d in disks], qmp_socket=vm.qmp_socket,
+                             options={"qcow2.mode": "external"})
+            api.create("vm", "e1")
+            actives = [active_image(d) for d in disks]
+            assert all(os.stat(a).st_uid == nobody.pw_uid for a in actives)
+            api.delete("vm", "e1")
+            assert [active_image(d) for d in disks] == disks and _overlays(disks) == []
+            assert api.check("vm").clean
+    finally:
+        vm.kill()
