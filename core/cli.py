@@ -316,10 +316,13 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         return 0 if report.clean else EXIT_DRIFT
     if cmd == "recover":
         report = api.recover(args.group)
-        lines = report.actions or ["nothing to recover"]
+        lines = list(report.actions)
         lines += [f"skipped busy group {g!r}" for g in report.skipped_groups]
-        lines += [f"error: {e}" for e in report.errors]
+        if not lines and not report.errors:
+            lines = ["nothing to recover"]
         out.emit(report.as_dict(), lines)
+        for error in report.errors:  # stderr, one line each, as every error
+            print(f"snaptree: error: {' '.join(error.split())}", file=sys.stderr)
         return 6 if report.errors else 0
     if cmd == "backends":
         rows = api.backends()

@@ -199,3 +199,17 @@ def test_every_command_shows_a_snapshot_with_the_same_keys(capsys, env):
     assert {name: data["current"] for name, data in shown.items()} == {
         "create": True, "revert": True, "current": True, "parent": True, "info": False,
         "list": False}
+
+
+def test_recover_errors_go_to_stderr_alone(capsys, env, tmp_path):
+    """A recover that fails says so on stderr, without 'nothing to recover'."""
+    import sqlite3
+    state, disk = env
+    assert st(capsys, state, "group", "create", "vm", f"raw:{disk}")[0] == 0
+    with sqlite3.connect(state / "catalog.sqlite") as db:  # a backend no plugin implements
+        db.execute("UPDATE volumes SET backend='gone'")
+    code, out, err = st(capsys, state, "recover", "vm")
+    assert code == 6 and out == ""
+    assert err.startswith("snaptree: error: vm: ") and "'gone'" in err and err.count("\n") == 1
+    code, out, err = st(capsys, state, "recover", "vm", "--json")
+    assert code == 6 and json.loads(out)["errors"]
