@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from typing import Sequence
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "check_description", "split_spec", "check_abs_path", "beside",
-           "entries_beside", "remove_if_empty"]
+__all__ = ["MAX_NAME_LENGTH", "NAME_MAX", "check_name", "check_description", "split_spec",
+           "check_abs_path", "beside", "check_room_beside", "entries_beside", "remove_if_empty"]
 
 MAX_NAME_LENGTH = 64
 
@@ -101,6 +102,26 @@ def beside(path: str, suffix: str) -> str:
     """
     directory, base = os.path.split(path)
     return os.path.join(directory, f".{base}{suffix}")
+
+
+#: the longest name of a directory entry, in bytes (ext4, xfs, btrfs, tmpfs)
+NAME_MAX = 255
+
+
+def check_room_beside(path: str, made: Sequence[str], what: str) -> None:
+    """Refuse volume ``path`` when a name snaptree makes beside it (the
+    paths ``made``, e.g. its :func:`beside` folder) would pass :data:`NAME_MAX`.
+
+    Backends call this when a volume is claimed into a group, so the name
+    is refused at ``group create`` rather than at the first snapshot.
+    """
+    over = max(len(os.fsencode(os.path.basename(p))) for p in made) - NAME_MAX
+    if over > 0:
+        size = len(os.fsencode(os.path.basename(path)))
+        raise InvalidInput(
+            f"{what}: the name of {path} has {size} bytes; snaptree keeps its snapshots in "
+            f"'.NAME.snaptree' beside it and a file name has at most {NAME_MAX} bytes, so a "
+            f"volume's name may have at most {size - over} bytes")
 
 
 def entries_beside(folder: str, pattern: re.Pattern[str]) -> list[tuple[str, re.Match[str]]]:

@@ -152,3 +152,32 @@ def test_recover_removes_revert_leftovers_of_both_namings(tmp_path):
         assert sorted(report.actions) == sorted(f"g: raw:{img}: removed leftover {p}" for p in leftovers)
     assert sorted(os.listdir(tmp_path)) == ["d.img", "state"]
     assert img.read_bytes() == b"a" * 8192
+
+
+@pytest.mark.parametrize("backend", ["raw", pytest.param("qcow2", marks=pytest.mark.qemu)])
+def test_a_name_with_no_room_for_the_snapshot_folder_is_refused_at_group_create(
+        tmp_path, backend):
+    """'.NAME.snaptree' beside the image must fit 255 bytes: 245 works, 246 is
+    refused when the group is made, not at its first snapshot."""
+    import subprocess
+    from snaptree import Snaptree
+    from snaptree.errors import InvalidInput
+    state = str(tmp_path / "state")
+    paths = {}
+    for size in (245, 246):
+        path = paths[size] = str(tmp_path / ("é" * (size // 2) + "x" * (size % 2)))
+        if backend == "raw":
+            with open(path, "wb") as handle:
+                handle.write(b"\0" * 4096)
+        else:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "1M"], check=True)
+    with Snaptree(state) as api:
+        with pytest.raises(InvalidInput, match="has 246 bytes.*at most 245 bytes"):
+            api.create_group("long", [f"{backend}:{paths[246]}"])
+        assert api.list_groups() == []
+        api.create_group("fits", [f"{backend}:{paths[245]}"])
+        api.create("fits", "s1")
+        api.create("fits", "s2")
+        api.revert("fits", "s1")
+        api.delete("fits", "s2")
+        assert api.check("fits").clean

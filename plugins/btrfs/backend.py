@@ -34,7 +34,7 @@ from snaptree.errors import (
     SnaptreeError,
     VolumeNotFound,
 )
-from snaptree.names import beside, check_abs_path, entries_beside, remove_if_empty
+from snaptree.names import NAME_MAX, beside, check_abs_path, check_room_beside, entries_beside, remove_if_empty
 
 from . import ioctl
 from .ioctl import map_oserror
@@ -46,8 +46,6 @@ log = logging.getLogger("snaptree.btrfs")
 _MEMBER_NAME = re.compile(r"^[0-9a-f]{16}$")
 
 _FOLDER_SUFFIX = ".snaptree"
-#: btrfs's BTRFS_NAME_LEN: the longest name of a directory entry, in bytes.
-NAME_MAX = 255
 #: The longest volume name, in bytes, whose snapshot folder ``.NAME.snaptree``
 #: fits ``NAME_MAX`` (the revert temporary has a fixed length, well below it).
 MAX_VOLUME_NAME = NAME_MAX - len(".") - len(_FOLDER_SUFFIX)
@@ -119,13 +117,7 @@ class BtrfsBackend(VolumeBackend):
         makes beside it.  Checked when a volume is claimed into a group only:
         operations on a volume already in one skip it, so a group an older,
         laxer check let in keeps working as far as btrfs allows."""
-        made = [os.path.basename(snapshot_dir(path)), os.path.basename(revert_temp(path))]
-        if any(len(os.fsencode(name)) > NAME_MAX for name in made):
-            size = len(os.fsencode(os.path.basename(path)))
-            raise InvalidInput(
-                f"btrfs: the name of {path} has {size} bytes; snaptree keeps its snapshots in "
-                f"'.NAME.snaptree' beside it and btrfs allows {NAME_MAX} bytes per name, so a "
-                f"volume's name may have at most {MAX_VOLUME_NAME} bytes")
+        check_room_beside(path, [snapshot_dir(path), revert_temp(path)], "btrfs")
 
     def _subvolume(self, locator: str) -> str:
         """The normalised path of the subvolume ``locator``; raise if it cannot be a volume."""

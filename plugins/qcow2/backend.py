@@ -28,7 +28,7 @@ from snaptree import (
 from snaptree.errors import (BackendError, InvalidInput, NotFound, NotSupported, SnaptreeError,
                              VolumeNotFound)
 from snaptree import faults, vm
-from snaptree.names import check_abs_path
+from snaptree.names import check_abs_path, check_room_beside
 
 from . import launch, memory, restart
 from .layout import (PARTIAL, active_image, make_snapshot_dir, memory_path, overlay_path,
@@ -121,6 +121,7 @@ class Qcow2Backend(VolumeBackend):
         path = check_abs_path(locator, "qcow2 image path")
         if not os.path.isfile(path):
             raise VolumeNotFound(f"qcow2 image {path} does not exist")
+        check_room_beside(path, [snapshot_dir(path)], "qcow2")
         image_format = self.qemu_img.info(path).get("format")
         if image_format != "qcow2":
             raise InvalidInput(f"{path} is a {image_format} image, not qcow2")

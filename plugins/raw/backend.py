@@ -18,7 +18,7 @@ import stat
 
 from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volume, VolumeBackend
 from snaptree.errors import InvalidInput, NotFound, VolumeNotFound
-from snaptree.names import beside, check_abs_path, entries_beside, remove_if_empty
+from snaptree.names import beside, check_abs_path, check_room_beside, entries_beside, remove_if_empty
 
 from .clone import clone_file, fsync_dir, map_oserror
 
@@ -61,6 +61,7 @@ class RawBackend(VolumeBackend):
             raise map_oserror(err, f"checking {path}") from err
         if not stat.S_ISREG(st.st_mode):
             raise InvalidInput(f"raw image {path} is not a regular file")
+        check_room_beside(path, [snapshot_dir(path), _revert_temp(path)], "raw")
         return Volume("raw", path)
 
     def prepare(self, operation, volumes, ctx):
