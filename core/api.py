@@ -383,11 +383,15 @@ class Snaptree:
         deleted: list[str] = []
         warnings: list[str] = []
         for index, snap in enumerate(doomed):
-            now = self.catalog.get_snapshot_by_id(snap.snapshot_id)
-            if now is None or self.group(group).current_id == snap.snapshot_id:
-                continue  # deleted, or reverted to, meanwhile
+            now = self.catalog.get_snapshot_by_id(snap.snapshot_id)  # renamed meanwhile?
+            if now is None:
+                continue
             try:
-                self.coordinator.delete(group, now.name)
+                # checked again under the lock: a revert to it or a rename
+                # since this list was made keeps it
+                if not self.coordinator.delete(group, now.name, snapshot_id=snap.snapshot_id,
+                                               keep_current=True):
+                    continue
             except SnapshotNotFound:
                 continue
             except SnaptreeError as err:

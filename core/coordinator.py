@@ -445,8 +445,15 @@ class Coordinator:
         return out
 
     def delete(self, group_name: str, name: str, *, children: bool = False,
-               options: dict[str, Any] | None = None) -> list[str]:
-        """Delete a snapshot (and its subtree with ``children``); returns names deleted."""
+               options: dict[str, Any] | None = None, snapshot_id: str | None = None,
+               keep_current: bool = False) -> list[str]:
+        """Delete a snapshot (and its subtree with ``children``); returns names deleted.
+
+        Decided under the group's lock: with ``snapshot_id`` nothing is
+        deleted unless ``name`` still names that snapshot, with
+        ``keep_current`` nothing if it is the group's current one (both
+        return ``[]``), whatever happened since the caller looked.
+        """
         self.warnings = []
         self.group(group_name)  # no lock file for a group that does not exist
         before = self.catalog.get_snapshot(group_name, name)
@@ -456,6 +463,9 @@ class Coordinator:
                     and self.catalog.get_snapshot_by_id(before.snapshot_id) is None):
                 return [name]  # a delete that had failed, finished as the lock was taken
             snap = self.snapshot(group_name, name)
+            if ((snapshot_id is not None and snap.snapshot_id != snapshot_id)
+                    or (keep_current and group.current_id == snap.snapshot_id)):
+                return []
             ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
             snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
             batches = batches_for(self.plugins, group.volumes)

@@ -95,3 +95,43 @@ def test_a_failed_delete_stops_and_names_what_went(capsys, five, monkeypatch):
         assert names == ["s2", "s3", "s4", "s5"]  # s3 stays ('deleting'): recover finishes it
         api.recover("vm")
         assert [s.name for s in api.list("vm")] == ["s2", "s4", "s5"]
+
+
+def test_a_revert_to_a_doomed_snapshot_meanwhile_keeps_it(five):
+    """Decided again under the lock: another process reverting to s1 after
+    prune listed it (injected where the delete takes the lock) keeps s1."""
+    state, disk = five
+    with Snaptree(str(state)) as api:
+        finish = api.coordinator.on_locked
+
+        def revert_elsewhere(group, operation):
+            finish(group, operation)
+            if operation == "delete" and api.group("vm").current != "s1":
+                with api.catalog.write("test-revert") as db:  # what the other revert commits
+                    api.catalog.set_current("vm", api.info("vm", "s1").snapshot_id, db)
+
+        api.coordinator.on_locked = revert_elsewhere
+        assert api.prune("vm", 2) == ["s3"]
+        assert [s.name for s in api.list("vm")] == ["s1", "s2", "s4", "s5"]
+        assert api.group("vm").current == "s1"
+
+
+def test_a_rename_meanwhile_is_not_followed_to_another_snapshot(five):
+    state, _ = five
+    with Snaptree(str(state)) as api:
+        finish = api.coordinator.on_locked
+        swapped = []
+
+        def swap_names(group, operation):
+            finish(group, operation)
+            if operation == "delete" and not swapped:  # s1 and s4 trade names
+                swapped.append(True)
+                s1, s4 = api.info("vm", "s1"), api.info("vm", "s4")
+                api.catalog.edit_snapshot(s1.snapshot_id, "tmp", "")
+                api.catalog.edit_snapshot(s4.snapshot_id, "s1", "")
+                api.catalog.edit_snapshot(s1.snapshot_id, "s4", "")
+
+        api.coordinator.on_locked = swap_names
+        deleted = api.prune("vm", 2)
+        kept = {s.name: s.snapshot_id for s in api.list("vm")}
+        assert "s3" in deleted and "s1" in kept  # the snapshot now called s1 is a kept one
