@@ -164,11 +164,16 @@ class Snaptree:
                                "another group meanwhile") from err
         return self.group(name)
 
-    def remove_volumes(self, name: str, volume_specs: Sequence[str]) -> Group:
+    def remove_volumes(self, name: str, volume_specs: Sequence[str], *,
+                       forget_members: bool = False) -> Group:
         """Take volumes out of a group; their data stays as it is.
 
-        Refused while a snapshot holds a member on one of them (delete
-        those snapshots first), and for the group's last volume.
+        Refused while a snapshot holds a member on one of them (delete those
+        snapshots first), unless ``forget_members``: then the catalog drops
+        those members and leaves their storage where it is, each named in
+        :attr:`warnings` (the way out for a disk that is gone).  Refused
+        too while an interrupted operation is unfinished, and for the
+        group's last volume.
         """
         if not volume_specs:
             raise InvalidInput("name at least one volume to remove")
@@ -181,13 +186,23 @@ class Snaptree:
             if len(specs) >= len(group.volumes):
                 raise InvalidInput(f"group {name!r} would have no volume left; "
                                    "'snaptree group delete' forgets a group")
+            unfinished = [s for s in self.catalog.list_snapshots(name)
+                          if s.state is not SnapshotState.COMPLETE]
+            if unfinished:  # its members may not be in the catalog yet
+                raise StateError(f"snapshot {unfinished[0].name!r} of group {name!r} is "
+                                 f"{unfinished[0].state.value}; run 'snaptree recover {name}' first")
+            left: list[str] = []
             for spec in specs:
-                held = self.catalog.snapshots_with_member(name, spec)
-                if held:
-                    shown = ", ".join(repr(n) for n in held[:3]) + (", ..." if len(held) > 3 else "")
-                    raise Conflict(f"volume {spec} has members in {len(held)} snapshot(s) of group "
-                                   f"{name!r} ({shown}); delete those snapshots first")
+                held = self.catalog.members_on(name, spec)
+                if held and not forget_members:
+                    names = [n for n, _ in held]
+                    shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+                    raise Conflict(f"volume {spec} has members in {len(names)} snapshot(s) of group "
+                                   f"{name!r} ({shown}); delete those snapshots first, or pass "
+                                   "--forget-members to leave their storage as it is")
+                left += [f"{spec}: snapshot {n!r} leaves {ref} for you to remove" for n, ref in held]
             self.catalog.remove_volumes(name, specs)
+            self.coordinator.warnings.extend(left)
         return self.group(name)
 
     def _member_spec(self, group: Group, spec: str) -> str:
@@ -304,7 +319,9 @@ class Snaptree:
         the way out), with what was left said as a warning."""
         if operation == "group-set":
             return  # recover through a socket that may be dead is what group set mends
-        blocks = operation in ("create", "revert", "start")
+        # a volume change would leave what the interrupted operation made on
+        # a volume out of recover's sight, or add one it never knew
+        blocks = operation in ("create", "revert", "start", "group-add", "group-remove")
         if not self.auto_recover:
             if blocks and self.catalog.has_open_journal(group):
                 raise StateError(f"group {group!r} has an unfinished operation; "

@@ -80,9 +80,12 @@ CREATE TABLE journal (
 CREATE INDEX journal_open ON journal(status);
 """
 
-#: version 1 -> 2: ``groups.revision`` counts changes of a group's volumes
+#: version 1 -> 2: ``groups.revision`` counts changes of a group's volumes,
+#: ``volumes.joined`` says when one was added to an existing group
 _MIGRATIONS = {
-    2: ["ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"],
+    2: ["ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+        # when a volume joined an existing group (NULL: it came with the group)
+        "ALTER TABLE volumes ADD COLUMN joined REAL"],
 }
 
 
@@ -174,7 +177,11 @@ class Catalog:
                 f"catalog {self.path} has schema version {version}; this snaptree knows "
                 f"up to {SCHEMA_VERSION}: upgrade snaptree")
         if version < SCHEMA_VERSION:
-            self.conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it
+            try:  # one process migrates; the others then see it
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                from .errors import Busy
+                raise Busy(f"catalog {self.path} is busy ({err}); try again") from err
             try:
                 for step in range(self.schema_version() + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[step]:
@@ -223,15 +230,17 @@ class Catalog:
         key = (name, row[0], row[1], row[2], row[3], row[6])
         defined = self._definitions.get(key)
         if defined is None:
-            volumes = tuple(
-                Volume(r["backend"], r["locator"]) for r in self.conn.execute(
-                    "SELECT backend, locator FROM volumes WHERE group_name=? ORDER BY position",
-                    (name,)))
-            if not volumes:
+            rows = self.conn.execute(
+                "SELECT backend, locator, spec, joined FROM volumes WHERE group_name=?"
+                " ORDER BY position", (name,)).fetchall()
+            if not rows:
                 return None  # deleted between the two reads
             # shared by every Group this catalog returns for it: read-only
-            defined = Group(name=name, volumes=volumes, qmp_socket=row[2],
-                            options=types.MappingProxyType(json.loads(row[3])), created=row[1])
+            defined = Group(name=name, volumes=tuple(Volume(r[0], r[1]) for r in rows),
+                            qmp_socket=row[2],
+                            options=types.MappingProxyType(json.loads(row[3])), created=row[1],
+                            joined=types.MappingProxyType(
+                                {r[2]: r[3] for r in rows if r[3] is not None}))
             for stale in [k for k in self._definitions if k[0] == name]:
                 del self._definitions[stale]
             self._definitions[key] = defined
@@ -242,23 +251,28 @@ class Catalog:
         with self.write("group-add") as db:
             last = db.execute("SELECT max(position) FROM volumes WHERE group_name=?",
                               (name,)).fetchone()[0]
+            joined = time.time()
             for position, volume in enumerate(volumes, (last if last is not None else -1) + 1):
                 db.execute(
-                    "INSERT INTO volumes (spec, group_name, backend, locator, position) VALUES (?,?,?,?,?)",
-                    (volume.spec, name, volume.backend, volume.locator, position))
+                    "INSERT INTO volumes (spec, group_name, backend, locator, position, joined)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (volume.spec, name, volume.backend, volume.locator, position, joined))
             db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
 
     def remove_volumes(self, name: str, specs) -> None:
-        """Take the volumes ``specs`` out of group ``name``."""
+        """Take the volumes ``specs`` out of group ``name``, and the members its
+        snapshots hold on them out of the catalog."""
         with self.write("group-remove") as db:
             for spec in specs:
+                db.execute("DELETE FROM members WHERE spec=? AND snapshot_id IN"
+                           " (SELECT snapshot_id FROM snapshots WHERE group_name=?)", (spec, name))
                 db.execute("DELETE FROM volumes WHERE group_name=? AND spec=?", (name, spec))
             db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
 
-    def snapshots_with_member(self, group: str, spec: str) -> list[str]:
-        """Names of ``group``'s snapshots that hold a member on volume ``spec``."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT s.name FROM snapshots s JOIN members m ON m.snapshot_id = s.snapshot_id"
+    def members_on(self, group: str, spec: str) -> list[tuple[str, str]]:
+        """``(snapshot name, member ref)`` of each member ``group``'s snapshots hold on ``spec``."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT s.name, m.ref FROM snapshots s JOIN members m ON m.snapshot_id = s.snapshot_id"
             " WHERE s.group_name=? AND m.spec=? ORDER BY s.created", (group, spec))]
 
     def update_group(self, name: str, qmp_socket: str | None, options: dict[str, Any]) -> None:

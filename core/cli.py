@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = gsub.add_parser("remove", help="take volumes out of a group (their data stays)")
     p.add_argument("name")
     p.add_argument("volumes", nargs="+", metavar="BACKEND:LOCATOR")
+    p.add_argument("--forget-members", action="store_true",
+                   help="drop the snapshots' members on these volumes from the catalog and leave "
+                        "their storage as it is (for a disk that is gone)")
     _json_flag(p)
     p = gsub.add_parser("set", help="change a group's QMP socket or options (snapshots stay)")
     p.add_argument("name")
@@ -191,8 +194,10 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
                                  options=_options(args.option))
             out.emit(group_dict(g), f"group {g.name!r} created with {len(g.volumes)} volume(s)")
         elif action in ("add", "remove"):
-            change = api.add_volumes if action == "add" else api.remove_volumes
-            g = change(args.name, args.volumes)
+            if action == "add":
+                g = api.add_volumes(args.name, args.volumes)
+            else:
+                g = api.remove_volumes(args.name, args.volumes, forget_members=args.forget_members)
             done = "added to" if action == "add" else "removed from"
             out.emit(group_dict(g), [f"{len(args.volumes)} volume(s) {done} group {g.name!r}; "
                                      f"it has {len(g.volumes)}"])

@@ -369,6 +369,9 @@ class Coordinator:
             members_by_spec = {m.volume.spec: m for m in snap.members}
             # volumes added to the group after the snapshot was taken
             newer = [v.spec for v in group.volumes if v.spec not in members_by_spec]
+            lost = [spec for spec in newer if not group.predates(snap.created, spec)]
+            if lost:
+                raise NotSupported(f"snapshot {name!r} has no member for {lost[0]}")
             if newer and options["memory"]:
                 raise NotSupported(
                     f"snapshot {name!r} holds VM memory from before volume {newer[0]} joined the "
@@ -468,11 +471,13 @@ class Coordinator:
                 return []
             ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
             snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
-            batches = batches_for(self.plugins, group.volumes)
             for s in snaps:
                 ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
                 ctx.scratch["deleting"] = frozenset(ids)
-                self._prepare("delete", batches, ctx, members=list(s.members))
+                held = {m.volume.spec for m in s.members}  # a volume added later has none
+                self._prepare("delete", batches_for(
+                    self.plugins, [v for v in group.volumes if v.spec in held]), ctx,
+                    members=list(s.members))
             with self.catalog.write("delete-begin") as db:
                 op_id = self.catalog.journal_begin(group_name, "delete", snap.snapshot_id,
                                                    {"ids": ids}, db)

@@ -91,7 +91,9 @@ def snaptree_prepare(
 
     :param backend: backend name; return ``None`` if it is not yours.
     :param operation: ``"snapshot"``, ``"revert"`` or ``"delete"``.
-    :param volumes: the group's volumes that belong to ``backend``.
+    :param volumes: the group's volumes that belong to ``backend``; for
+        ``"revert"`` and ``"delete"`` only those the snapshot has a member on
+        (a volume added to the group later has none).
     :param ctx: the operation's context.
     :returns: ``True`` when the checks passed; raise on failure.
     """
@@ -182,8 +184,8 @@ def snaptree_revert(
     Stops at first non-None result.
 
     :param backend: backend name; return ``None`` if it is not yours.
-    :param members: one member per volume (all of the group's volumes of this
-        backend for ``atomic_batch`` backends, otherwise one).
+    :param members: one member per volume (for ``atomic_batch`` backends all
+        the snapshot has on this backend's volumes, otherwise one).
     :param ctx: the operation's context.
     :returns: ``True`` when done; raise on failure.
     """

@@ -88,6 +88,14 @@ class Group:
     created: float = 0.0
     current: str | None = None  # name of the current snapshot
     current_id: str | None = None  # and its id
+    #: When each volume added after the group was made joined it (spec ->
+    #: time): snapshots taken before that have no member on it.
+    joined: Mapping[str, float] = attrs.field(factory=dict)
+
+    def predates(self, snapshot_created: float, spec: str) -> bool:
+        """True when a snapshot taken at ``snapshot_created`` is older than volume ``spec``."""
+        joined = self.joined.get(spec)
+        return joined is not None and snapshot_created < joined
 
 
 class SnapshotState(str, enum.Enum):

@@ -247,9 +247,10 @@ def check(coord: Coordinator, group_name: str) -> DriftReport:
                                        "snapshot": known_ids[m.snapshot_id].name})
         for snap in snaps:
             member = next((m for m in snap.members if m.volume.spec == volume.spec), None)
-            # no member: the volume joined the group after this snapshot
-            if (snap.state is SnapshotState.COMPLETE and member is not None
-                    and snap.snapshot_id not in stored_ids):
+            if snap.state is not SnapshotState.COMPLETE or (
+                    member is None and group.predates(snap.created, volume.spec)):
+                continue  # unfinished (reported above), or taken before the volume joined
+            if member is None or snap.snapshot_id not in stored_ids:
                 report.missing.append({"volume": volume.spec, "snapshot": snap.name,
-                                       "ref": member.ref})
+                                       "ref": member.ref if member else ""})
     return report
