@@ -2,7 +2,8 @@
 
 ``python -m snaptree.demo [--keep DIR]`` makes two small disk images, groups
 them as one VM, snapshots twice, draws the tree, reverts, checks the bytes
-came back, deletes, and prints each ``snaptree`` command as it runs it.
+came back, renames, deletes, prunes, and prints each ``snaptree`` command as
+it runs it.
 
 Then, when QEMU is installed, the ``xl snapshot`` flow on a real (OS-less)
 ``qemu-system-x86_64``: start it from a launch recipe, snapshot its two qcow2
@@ -75,8 +76,14 @@ def main(argv=None) -> int:
         assert [_sha(d) for d in disks] == v2, "revert did not restore the bytes"
         print("\n# disks are byte-identical to snapshot 'configured'", flush=True)
         st("info", "vm1", "configured")
+        st("edit", "vm1", "experiment", "--rename", "scratch", "--description", "tried, dropped")
         st("delete", "vm1", "installed")
+        st("create", "vm1", "nightly-1")
+        st("create", "vm1", "nightly-2")
+        st("prune", "vm1", "--keep", "2", "--dry-run")
+        st("prune", "vm1", "--keep", "2")
         st("list", "vm1", "--tree")
+        assert _sha(disks[0]) == v2[0], "pruning changed the disks"
         st("check", "vm1")
         st("--json", "current", "vm1")
         if shutil.which("qemu-system-x86_64") and shutil.which("qemu-img"):
