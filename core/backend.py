@@ -22,7 +22,7 @@ from typing import Sequence
 
 from .errors import NotSupported, PluginError
 from .markers import hookimpl
-from .model import BackendInfo, MemberSnapshot, OpContext, SpaceUsage, Volume
+from .model import BackendInfo, MemberSnapshot, OpContext, RevertFailed, SpaceUsage, Volume
 
 __all__ = ["VolumeBackend"]
 
@@ -57,7 +57,8 @@ class VolumeBackend:
     def space_used(self, member: MemberSnapshot) -> SpaceUsage:
         return SpaceUsage()
 
-    def recover_volume(self, volume: Volume) -> list[str]:
+    def recover_volume(self, volume: Volume) -> list[str | RevertFailed]:
+        """Finish leftovers; see :func:`snaptree.hookspecs.snaptree_recover_volume`."""
         return []
 
     def volume_path(self, volume: Volume) -> str:

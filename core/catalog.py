@@ -448,6 +448,17 @@ class Catalog:
             entries.append(entry)
         return entries
 
+    def journal_last(self, group: str, operation: str, status: str) -> JournalEntry | None:
+        """The newest journal entry of ``group`` for ``operation`` in ``status``."""
+        row = self.conn.execute(
+            "SELECT * FROM journal WHERE group_name=? AND operation=? AND status=?"
+            " ORDER BY op_id DESC LIMIT 1", (group, operation, status)).fetchone()
+        if row is None:
+            return None
+        entry = JournalEntry(dict(row))
+        entry["payload"] = json.loads(entry["payload"])
+        return entry
+
     def journal_tail(self, group: str | None = None, limit: int = 50) -> list[JournalEntry]:
         sql = "SELECT * FROM journal"
         args: tuple = ()

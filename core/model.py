@@ -18,6 +18,7 @@ __all__ = [
     "SnapshotState",
     "OpContext",
     "SpaceUsage",
+    "RevertFailed",
 ]
 
 
@@ -190,3 +191,24 @@ class OpContext:
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
+
+
+@attrs.frozen
+class RevertFailed:
+    """A line of :func:`~snaptree.hookspecs.snaptree_recover_volume`: a revert
+    that ended successfully for the coordinator did not happen on this volume.
+
+    For backends that may finish a revert after it returned (LVM defers the
+    merge into an open volume) and find later that it can never run.
+    ``recover`` reports ``message`` like any other line and, when the group's
+    current snapshot is still ``snapshot_id`` from that revert, makes the
+    snapshot that was current before it current again.
+    """
+
+    #: the id of the snapshot the failed revert went back to
+    snapshot_id: str
+    #: what happened, for the user
+    message: str
+
+    def __str__(self) -> str:
+        return self.message

@@ -16,7 +16,7 @@ from .boot import boot_id
 from .coordinator import Coordinator, batches_for
 from .errors import SnaptreeError
 from .locking import try_group_lock
-from .model import Group, MemberSnapshot, SnapshotState
+from .model import Group, MemberSnapshot, RevertFailed, SnapshotState
 
 __all__ = ["recover", "recover_held", "check", "needs_recovery", "RecoveryReport",
            "DriftReport"]
@@ -120,8 +120,32 @@ def _recover_group(coord: Coordinator, group: Group, report: RecoveryReport) -> 
     for volume in group.volumes:
         for line in coord.hook.snaptree_recover_volume(backend=volume.backend, volume=volume) or ():
             report.actions.append(f"{group.name}: {volume.spec}: {line}")
+            if isinstance(line, RevertFailed):
+                _undo_failed_revert(coord, group, line, report)
     _replay_journal(coord, group, entries, report)
     _remove_lost_creates(coord, group, report)
+
+
+def _undo_failed_revert(coord: Coordinator, group: Group, failed: RevertFailed,
+                        report: RecoveryReport) -> None:
+    """A revert the journal says is done did not happen on storage: the
+    snapshot current before it is current again (while the revert's target
+    still is), and the revert's entry is marked failed so this runs once."""
+    catalog = coord.catalog
+    if catalog.current_id(group.name) != failed.snapshot_id:
+        return
+    entry = catalog.journal_last(group.name, "revert", "done")
+    if entry is None or entry["snapshot_id"] != failed.snapshot_id:
+        return
+    previous = entry["payload"].get("previous")
+    before = catalog.get_snapshot_by_id(previous) if previous else None
+    with catalog.write("recover-failed-revert") as db:
+        catalog.set_current(group.name, before.snapshot_id if before else None, db)
+        catalog.journal_finish(entry["op_id"], "failed", db, error=failed.message)
+    target = catalog.get_snapshot_by_id(failed.snapshot_id)
+    reverted = repr(target.name) if target else failed.snapshot_id
+    now = f"{before.name!r} is current again" if before else "no snapshot is current"
+    report.actions.append(f"{group.name}: the revert to {reverted} failed; {now}")
 
 
 def _remove_lost_creates(coord: Coordinator, group: Group, report: RecoveryReport) -> None:

@@ -215,3 +215,32 @@ def test_without_auto_recover_a_reboot_alone_does_not_refuse(tmp_path, disks, mo
         api.create("vm", "b")
         api.revert("vm", "a")
         assert [s.name for s in api.list("vm")] == ["a", "b"]
+
+
+def test_a_revert_a_backend_reports_failed_later_gives_back_the_previous_current(tmp_path,
+                                                                                 disks):
+    """A backend that finishes a revert after it returned (LVM's deferred
+    merge) reports through recover that it never happened: the snapshot
+    current before that revert is current again, once."""
+    from snaptree import RevertFailed
+
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    with Snaptree(state) as api:
+        api.revert("vm", "a")
+        target = api.info("vm", "a").snapshot_id
+
+        class LateFailure:
+            @hookimpl(tryfirst=True)
+            def snaptree_recover_volume(self, backend, volume):
+                return [RevertFailed(target, "the deferred revert failed")]
+
+        api.plugins.pm.register(LateFailure())
+        report = api.recover("vm")
+        assert api.current("vm").name == "b"
+        assert any(line.endswith("the deferred revert failed") for line in report.actions)
+        assert any("'b' is current again" in line for line in report.actions), report.actions
+        assert [e["status"] for e in api.journal("vm") if e["operation"] == "revert"] == ["failed"]
+        again = api.recover("vm")  # reported again: nothing more changes
+        assert not any("current again" in line for line in again.actions)
+        assert api.current("vm").name == "b"
