@@ -95,12 +95,13 @@ class SavedScene:
                 if name == self.lv or name.startswith(self.lv + ".")}
 
     def leftovers(self) -> list[str]:
-        """LVs of an interrupted revert, and revert tags, that are still there."""
+        """LVs of an interrupted revert, revert tags and a read-only origin, still there."""
         family = self._family()
         names = [name for name in family
                  if any(match_snapshot_lv(self.lv, name, kind) for kind in _LEFTOVER_KINDS)]
         origin = family.get(self.lv)
-        return names + [f"tag {tag}" for tag in (origin.tags if origin else ())]
+        sealed = ["origin read-only"] if origin is not None and not origin.is_writable else []
+        return names + [f"tag {tag}" for tag in (origin.tags if origin else ())] + sealed
 
     def restore(self, base: str) -> CrashScene:
         """Put the saved scene back under the scene's names, with a fresh state directory."""
@@ -164,6 +165,8 @@ class SavedThickScene(SavedScene):
             raise AssertionError(f"the walk lost the origin {self.vg}/{self.lv}")
         for tag in origin.tags:  # reported by leftovers() already
             self.cmds.del_tag(self.vg, self.lv, tag)
+        if not origin.is_writable:  # so is a read-only origin
+            self.cmds.change(self.vg, self.lv, writable=True)
         if not origin.is_active:
             self.cmds.activate(self.vg, self.lv)
         for name, size, content in self.snapshots:

@@ -7,7 +7,9 @@ These need device-mapper; on a kernel without it they skip and
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -417,16 +419,22 @@ def test_deferred_merge_whose_snapshot_overflows_is_a_failed_revert(api, make_lv
     api.create("g", "one")
     name = _member_lv(api, "g", "one")
     write_pattern(device, 2)
+    api.create("g", "later")
     holder = os.open(device, os.O_RDWR)  # the running VM
     try:
         api.revert("g", "one")
         assert any("deferred" in w for w in api.warnings), api.warnings
+        assert api.current("g").name == "one"
         write_pattern(device, 3, offset=2 * MIB, length=12 * MIB)  # the VM keeps writing
         assert cmds.lv(vg, name).is_invalid
         report = api.recover("g")
         assert report.errors == []
         assert any("overflowed" in line and "close the volume" in line
                    for line in report.actions), report.actions
+        # the volume kept its content: the catalog's current is what it was before the revert
+        assert any("'later' is current again" in line for line in report.actions), report
+        assert api.current("g").name == "later"
+        assert [e["status"] for e in api.journal("g") if e["operation"] == "revert"] == ["failed"]
     finally:
         os.close(holder)
     written = digest_device(device)
@@ -442,9 +450,139 @@ def test_deferred_merge_whose_snapshot_overflows_is_a_failed_revert(api, make_lv
     origin = cmds.lv(vg, lv)
     assert not origin.is_merging and not origin.tags
     assert digest_device(device) == written, "the volume keeps what the VM wrote"
+    assert api.current("g").name == "later"
     api.create("g", "two")
-    assert [s.name for s in api.list("g")] == ["two"]
+    assert [s.name for s in api.list("g")] == ["later", "two"]
+    assert api.parent("g", "two").name == "later"
     assert api.recover("g").errors == []
+
+
+def _revert_killed_before(api, group: str, snapshot: str, stop) -> None:
+    """Revert in a forked child that SIGKILLs itself just before the first
+    LVM command ``stop(argv)`` picks, as a crash there would leave it."""
+    state_dir = api.state_dir
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            with Snaptree(state_dir) as child:
+                runner = _backend(child).commands.runner
+                real_run = runner.run
+
+                def run(argv, **kwargs):
+                    if stop(argv):
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real_run(argv, **kwargs)
+
+                runner.run = run
+                child.revert(group, snapshot)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def _after(command: str):
+    """A ``stop`` for :func:`_revert_killed_before`: the command after ``lvm COMMAND``."""
+    seen = []
+
+    def stop(argv):
+        if seen:
+            return True
+        if argv[:2] == ["lvm", command]:
+            seen.append(argv)
+        return False
+
+    return stop
+
+
+def _wait_gone(cmds, vg: str, name: str) -> None:
+    """Wait until a merging snapshot LV is gone (LVM finishes a merge in the background)."""
+    deadline = time.monotonic() + 60
+    while cmds.lv(vg, name) is not None and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("kill", ["before-remake", "after-merge-command"])
+def test_thick_revert_killed_after_the_merge_never_remakes_the_snapshot_from_later_data(
+        api, make_lv, lvm_vg, kill):
+    """A crash between the merge and the re-creation of the snapshot, then
+    somebody writes to the volume before recover: the snapshot recover
+    re-creates must hold the snapshot's content, or not be re-created."""
+    vg, lv, device = make_lv(16)
+    cmds = lvm_vg.cmds
+    spec = f"lvm:{vg}/{lv}"
+    api.create_group("g", [spec])
+    write_pattern(device, 1)
+    wanted = digest_device(device)
+    api.create("g", "one")
+    name = _member_lv(api, "g", "one")
+    write_pattern(device, 2)
+    if kill == "before-remake":
+        stop = lambda argv: argv[:2] == ["lvm", "lvcreate"] and "-s" in argv  # noqa: E731
+    else:
+        stop = _after("lvconvert")
+    _revert_killed_before(api, "g", "one", stop)
+    if not cmds.lv(vg, lv).is_active:
+        cmds.lvm("lvchange", "-ay", f"{vg}/{lv}")  # the VM's toolstack starts it again
+    try:
+        write_pattern(device, 3)  # the VM writes before anybody runs recover
+        wrote = True
+    except OSError:
+        wrote = False
+    report = api.recover("g")
+    assert report.errors == [], report
+    snap = cmds.lv(vg, name)
+    if snap is not None and not snap.is_merging:
+        assert digest_device(f"/dev/{vg}/{name}") == wanted, \
+            "the re-created snapshot holds the snapshot's content, not what was written later"
+    else:
+        assert any("not re-created" in line for line in report.actions), report.actions
+        _wait_gone(cmds, vg, name)
+    if kill == "before-remake":  # the origin was read-only from the merge on
+        assert not wrote and snap is not None
+        assert digest_device(device) == wanted
+    origin = cmds.lv(vg, lv)
+    assert origin.is_writable and not origin.tags
+    write_pattern(device, 4)  # writable again
+    if snap is not None:
+        api.revert("g", "one")
+        assert digest_device(device) == wanted
+
+
+@pytest.mark.parametrize("meanwhile", ["closed", "opened"])
+def test_crash_after_activating_an_inactive_origin_deactivates_it_in_recover(api, make_lv,
+                                                                               lvm_vg, meanwhile):
+    """revert activates an inactive origin for the merge; after a crash
+    there, recover deactivates it again unless somebody opened it since."""
+    vg, lv, device = make_lv(16)
+    cmds = lvm_vg.cmds
+    api.create_group("g", [f"lvm:{vg}/{lv}"])
+    write_pattern(device, 1)
+    wanted = digest_device(device)
+    api.create("g", "one")
+    write_pattern(device, 2)
+    cmds.deactivate(vg, lv)
+    _revert_killed_before(api, "g", "one", lambda argv: "--addtag" in argv and any(
+        a.startswith("snaptree-remake.") for a in argv))
+    assert cmds.lv(vg, lv).is_active, "the crash left the origin active"
+    holder = os.open(device, os.O_RDONLY) if meanwhile == "opened" else None
+    try:
+        report = api.recover("g")
+        assert report.errors == [], report
+        if holder is not None:  # left active; the revert redone is deferred, as for a VM
+            origin = cmds.lv(vg, lv)
+            assert origin.is_active and origin.is_merging
+    finally:
+        if holder is not None:
+            os.close(holder)
+    if holder is not None:
+        assert api.recover("g").errors == []
+    origin = cmds.lv(vg, lv)
+    assert origin.is_active == (meanwhile == "opened")
+    assert not origin.tags and origin.is_writable
+    cmds.activate(vg, lv)
+    assert digest_device(device) == wanted, "recover finished the revert"
+    assert cmds.lv(vg, _member_lv(api, "g", "one")) is not None
 
 
 def _mbr_with_one_partition(device: str) -> None:

@@ -33,6 +33,8 @@ from .lvmcmd import LvInfo, LvmCommands
 from .names import match_snapshot_lv, parse_locator, snapshot_lv_name
 from .revert import (
     SNAPSHOT_TAG,
+    activate_marked,
+    consumed_tag,
     drop_failed_merge,
     finish_thick,
     finish_thin,
@@ -137,12 +139,18 @@ class LvmBackend(VolumeBackend):
             for member in ctx.scratch.get("members", []):
                 self._check_deletable(member, ctx)
 
-    def _check_revertible(self, member: MemberSnapshot, ctx=None, *, look_inside=True) -> LvInfo:
+    def _check_revertible(self, member: MemberSnapshot, ctx=None, *,
+                          look_inside=True) -> LvInfo | None:
         """Refuse a revert that cannot work; ``look_inside`` activates an inactive
-        thick origin for a moment to see whether the snapshot overflowed."""
+        thick origin for a moment to see whether the snapshot overflowed.
+
+        Returns the snapshot LV, or ``None`` when an interrupted revert to it
+        consumed it (``recover`` redoes the revert to end it)."""
         vg, lv, name = self._member_lv(member)
         existing = self.commands.lv_map(vg)
         snap, origin = existing.get(name), existing.get(lv)
+        if snap is None and origin is not None and consumed_tag(member.snapshot_id) in origin.tags:
+            return None
         if snap is None:
             raise SnapshotNotFound(f"lvm: snapshot LV {vg}/{name} is missing; cannot revert")
         if origin is None:
@@ -150,11 +158,11 @@ class LvmBackend(VolumeBackend):
         if look_inside and not snap.is_thin and not snap.is_merging and not origin.is_active:
             # device-mapper alone knows whether a thick snapshot overflowed: look while active
             # (not for a merging one: activating the origin would start its merge)
-            self.commands.activate(vg, lv)
+            activate_marked(self.commands, vg, lv, member.snapshot_id)
             try:
                 existing = self.commands.lv_map(vg)
             finally:
-                restore_inactive(self.commands, vg, lv)
+                restore_inactive(self.commands, vg, lv, member.snapshot_id)
             snap, origin = existing.get(name, snap), existing.get(lv, origin)
         if snap.is_invalid:
             raise NotSupported(f"lvm: snapshot {vg}/{name} overflowed its copy-on-write space "
@@ -199,7 +207,7 @@ class LvmBackend(VolumeBackend):
             vg, lv, name = self._member_lv(member)
             # revert_thick looks inside an inactive origin itself, once it is active
             snap = self._check_revertible(member, ctx, look_inside=False)
-            if snap.is_thin:
+            if snap is not None and snap.is_thin:
                 revert_thin(self.commands, vg, lv, member.snapshot_id)
                 continue
             warning = revert_thick(self.commands, vg, lv, member.snapshot_id)

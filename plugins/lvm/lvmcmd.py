@@ -153,6 +153,11 @@ class LvInfo:
         return self.attr[:1] == "V"
 
     @property
+    def is_writable(self) -> bool:
+        """The LV's permission (attr[1]) is read-write."""
+        return self.attr[1:2] == "w"
+
+    @property
     def is_thick_snapshot(self) -> bool:
         return self.attr[:1] in ("s", "S")
 
@@ -342,6 +347,16 @@ class LvmCommands:
 
     def del_tag(self, vg: str, lv: str, tag: str) -> None:
         self.lvm("lvchange", "--deltag", tag, f"{vg}/{lv}")
+
+    def change(self, vg: str, lv: str, *, writable: bool | None = None,
+               add_tags: Sequence[str] = (), del_tags: Sequence[str] = ()) -> None:
+        """One ``lvchange`` of permission and tags: one metadata commit, so a crash
+        leaves all of the changes or none."""
+        permission = [] if writable is None else ["-p", "rw" if writable else "r"]
+        dels: list[str] = []
+        for tag in del_tags:
+            dels += ["--deltag", tag]
+        self.lvm("lvchange", *permission, *_tag_args(add_tags), *dels, f"{vg}/{lv}")
 
     def merge(self, vg: str, snapshot: str, *, background: bool = False) -> str:
         """``lvconvert --merge``; returns stderr+stdout so callers can see a deferral.
