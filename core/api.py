@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
-from .errors import (Conflict, InvalidInput, PermissionDenied, PluginError, SnapshotNotFound,
+from .errors import (Conflict, InvalidInput, NotFound, PermissionDenied, PluginError, SnapshotNotFound,
                      SnaptreeError, StateError, VolumeNotFound)
 from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
 from .names import check_abs_path, check_description, check_name, split_spec
@@ -200,10 +200,25 @@ class Snaptree:
                     raise Conflict(f"volume {spec} has members in {len(names)} snapshot(s) of group "
                                    f"{name!r} ({shown}); delete those snapshots first, or pass "
                                    "--forget-members to leave their storage as it is")
-                left += [f"{spec}: snapshot {n!r} leaves {ref} for you to remove" for n, ref in held]
+                if held and self._still_there(spec):
+                    raise Conflict(f"volume {spec} is still there; --forget-members is for a disk "
+                                   "that is gone (its snapshots' storage may still back it): "
+                                   "delete those snapshots instead")
+                left += [f"{spec}: snaptree no longer tracks what snapshot {n!r} kept ({ref}); "
+                         "check before removing anything" for n, ref in held]
             self.catalog.remove_volumes(name, specs)
             self.coordinator.warnings.extend(left)
         return self.group(name)
+
+    def _still_there(self, spec: str) -> bool:
+        """True when the backend still finds the volume ``spec`` names."""
+        try:
+            self.claim(spec)
+        except NotFound:
+            return False
+        except SnaptreeError:
+            return True  # there, but refused for another reason
+        return True
 
     def _member_spec(self, group: Group, spec: str) -> str:
         """The spec under which ``group`` holds the volume ``spec`` names."""

@@ -83,9 +83,9 @@ CREATE INDEX journal_open ON journal(status);
 #: version 1 -> 2: ``groups.revision`` counts changes of a group's volumes,
 #: ``volumes.joined`` says when one was added to an existing group
 _MIGRATIONS = {
-    2: ["ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+    2: [("groups", "revision", "INTEGER NOT NULL DEFAULT 0"),
         # when a volume joined an existing group (NULL: it came with the group)
-        "ALTER TABLE volumes ADD COLUMN joined REAL"],
+        ("volumes", "joined", "REAL")],
 }
 
 
@@ -176,22 +176,32 @@ class Catalog:
             raise StateError(
                 f"catalog {self.path} has schema version {version}; this snaptree knows "
                 f"up to {SCHEMA_VERSION}: upgrade snaptree")
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION or not self._has_columns():
             try:  # one process migrates; the others then see it
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as err:
                 from .errors import Busy
                 raise Busy(f"catalog {self.path} is busy ({err}); try again") from err
             try:
-                for step in range(self.schema_version() + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[step]:
-                        self.conn.execute(statement)
+                for step in range(2, SCHEMA_VERSION + 1):  # every step adds what is missing
+                    for table, column, declared in _MIGRATIONS[step]:
+                        # a catalog an earlier build of this version migrated
+                        # may hold some of the columns already
+                        have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                        if column not in have:
+                            self.conn.execute(
+                                f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
                     self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
                                       (str(step),))
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    def _has_columns(self) -> bool:
+        """False for a catalog a build between two schema changes left short."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(volumes)")}
+        return "joined" in have
 
     def schema_version(self) -> int:
         return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])

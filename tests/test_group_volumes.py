@@ -162,7 +162,7 @@ def test_remove_waits_for_an_interrupted_create(disks):
     import sys
     state, (d0, d1, _) = disks
     with Snaptree(str(state)) as api:
-        api.create_group("vm", [f"raw:{d0}", f"raw:{d1}"])
+        api.create_group("vm", [f"raw:{d1}", f"raw:{d0}"])  # d1 first: its member is made
     killed = subprocess.run([sys.executable, "-m", "snaptree", "--state-dir", str(state), "create",
                              "vm", "lost"], capture_output=True, text=True,
                             env={**os.environ, "SNAPTREE_KILL_AT_LABEL": "backend:snapshot:raw:after"})
@@ -184,11 +184,13 @@ def test_a_lost_disk_is_forgotten_with_its_members(capsys, disks):
     assert st(capsys, state, "group", "create", "vm", f"raw:{d0}", f"raw:{d1}")[0] == 0
     assert st(capsys, state, "create", "vm", "s1")[0] == 0
     assert st(capsys, state, "create", "vm", "s2")[0] == 0
+    code, _, err = st(capsys, state, "group", "remove", "vm", f"raw:{d1}", "--forget-members")
+    assert code == 4 and "still there" in err  # not for a disk that exists
     d1.unlink()  # the disk is gone
     code, _, err = st(capsys, state, "group", "remove", "vm", f"raw:{d1}")
     assert code == 4 and "--forget-members" in err
     code, out, err = st(capsys, state, "group", "remove", "vm", f"raw:{d1}", "--forget-members")
-    assert code == 0 and err.count("leaves") == 2 and ".d1.img.snaptree" in err
+    assert code == 0 and err.count("no longer tracks") == 2 and ".d1.img.snaptree" in err
     assert st(capsys, state, "delete", "vm", "s1")[0] == 0
     assert st(capsys, state, "revert", "vm", "s2")[0] == 0
     assert st(capsys, state, "check", "vm")[0] == 0
@@ -213,3 +215,21 @@ def test_a_member_missing_from_a_later_snapshot_is_drift(disks):
         assert missing == {("old", f"raw:{d0}"), ("new", f"raw:{d0}"), ("new", f"raw:{d1}")}
         with pytest.raises(NotSupported, match="has no member for"):
             api.revert("vm", "new")
+
+
+def test_a_version_2_catalog_without_joined_is_completed(tmp_path, disks):
+    """A catalog an earlier build of schema 2 made (no volumes.joined) still opens."""
+    _, (d0, _, _) = disks
+    path = tmp_path / "v2" / CATALOG_FILE
+    path.parent.mkdir()
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_V1)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    conn.execute("ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+    conn.execute("INSERT INTO groups (name, options, created) VALUES ('vm', '{}', 1.0)")
+    conn.execute("INSERT INTO volumes VALUES (?, 'vm', 'raw', ?, 0)", (f"raw:{d0}", str(d0)))
+    conn.commit()
+    conn.close()
+    with Snaptree(str(path.parent)) as api:
+        api.create("vm", "s1")
+        assert [s.name for s in api.list("vm")] == ["s1"] and api.check("vm").clean

@@ -129,3 +129,35 @@ def test_a_qemu_that_dropped_root(folder, monkeypatch, detect):
             assert api.check("vm").clean
     finally:
         vm.kill()
+
+
+def test_a_vm_restarted_on_the_old_image_is_not_overwritten_by_recover(folder):
+    """Killed at the switch, QEMU dies too, the VM is started again on the
+    image 'active' names and writes there: recover must not merge the
+    overlay's older writes over that newer data; it keeps both and says so."""
+    [disk] = make_images(folder, 1)
+    qemu_io(disk, "write -P 0x11 0 1M")
+    first = os.path.join(folder, "one")
+    os.mkdir(first)
+    daemon = start_daemon(first, [disk])
+    state = os.path.join(folder, "state")
+    try:
+        with Snaptree(state) as api:
+            api.create_group("vm", [f"qcow2:{disk}"], qmp_socket=daemon.qmp_socket,
+                             options={"qcow2.mode": "external"})
+        _killed_create(state, "qcow2:switched")
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xaa 0 64k",
+                        f"nbd+unix:///disk0?socket={daemon.nbd_socket}"], check=True,
+                       capture_output=True)
+        daemon.kill()
+        daemon.proc.wait()
+        os.utime(disk)  # the restarted VM's writes below come later than the overlay's
+        qemu_io(disk, "write -P 0xbb 0 1M")  # the VM, started again on the disk, writes
+        with Snaptree(state, auto_recover=False) as api:
+            report = api.recover("vm")
+            assert report.errors and "will not merge older data over newer" in report.errors[0]
+        qemu_io(disk, "read -P 0xbb 0 1M")  # the newer data is intact
+        [overlay] = _overlays([disk])
+        assert overlay  # and the older writes are kept for a person to decide
+    finally:
+        daemon.kill()

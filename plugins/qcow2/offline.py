@@ -111,6 +111,15 @@ def external_member(volume: Volume, snapshot_id: str, frozen: str) -> MemberSnap
                                             "overlay": overlay_path(volume.locator, snapshot_id)})
 
 
+def _written_after(base: str, overlay: str) -> bool:
+    """True when ``base`` was modified after ``overlay`` last was (QEMU never
+    writes the backing image of the overlay it runs on)."""
+    try:
+        return os.stat(base).st_mtime_ns > os.stat(overlay).st_mtime_ns
+    except OSError:
+        return False
+
+
 class OfflineOps:
     """Snapshot, revert and delete through qemu-img; the images must be free."""
 
@@ -238,6 +247,15 @@ class OfflineOps:
             # overlay holds the guest's writes: it is merged down below.)
             remove_file(overlay, "remove unused overlay")
             return
+        if (frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay)
+                and _written_after(frozen, overlay)):
+            # The same window, but a VM ran on the image below since (it was
+            # started again on it): merging the overlay's older writes down
+            # would overwrite newer data.  Keep both for a person to decide.
+            raise BackendError(
+                f"qcow2: {overlay} holds writes of a VM that was switched to it by an interrupted "
+                f"snapshot, and {frozen} was written after them; snaptree will not merge older "
+                f"data over newer: keep or remove {overlay} yourself, then run recover again")
         if chain.children(frozen) == [overlay]:
             self._merge_down(member.locator, chain, overlay, frozen)
         else:
