@@ -11,7 +11,9 @@ one holding 10,000 small files:
   ``BTRFS_IOC_SNAP_CREATE_V2`` (read-only), close;
 * ``btrfs_cli``: ``btrfs subvolume snapshot -r``;
 * ``snapper``: ``snapper --no-dbus -c NAME create`` with a temporary config
-  (made with ``create-config`` and removed with ``delete-config``).
+  (made with ``create-config`` and removed with ``delete-config``) on a twin
+  subvolume with the same contents (the config adds a nested ``.snapshots``
+  subvolume, which snaptree refuses to snapshot).
 
 Each round runs every method once, in a rotating order, so drift of this noisy machine
 hits all of them alike; snapshots are deleted only after the last round,
@@ -78,6 +80,10 @@ class _Bench:
         self.subvolume = make_subvolume(os.path.join(mountpoint, content))
         _fill(self.subvolume, content)
         self.volume = plugin.claim(self.subvolume)
+        # snapper's create-config puts a .snapshots subvolume inside the one it manages, and
+        # snaptree refuses to snapshot a subvolume with nested ones: snapper gets a twin
+        self.snapper_subvolume = make_subvolume(os.path.join(mountpoint, f"snapper-{content}"))
+        _fill(self.snapper_subvolume, content)
         self.cli_dir = os.path.join(mountpoint, f"cli-{content}")
         self.ioctl_dir = os.path.join(mountpoint, f"ioctl-{content}")
         os.makedirs(self.cli_dir)
@@ -87,7 +93,7 @@ class _Bench:
         self.api.create_group(content, [f"btrfs:{self.subvolume}"])
         self.snapper_config = f"snaptree-bench-{os.getpid()}-{content}"
         subprocess.run(["snapper", "--no-dbus", "-c", self.snapper_config, "create-config",
-                        self.subvolume], check=True, capture_output=True)
+                        self.snapper_subvolume], check=True, capture_output=True)
         self.functions: dict[str, Callable[[], Any]] = {
             "snaptree": self.snaptree, "snaptree_api": self.snaptree_api, "ioctl": self.ioctl,
             "btrfs_cli": self.btrfs_cli, "snapper": self.snapper}
