@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from cli_helpers import st
 from snaptree.cli import main
 from snaptree.testing import run_cli
 
@@ -16,12 +17,6 @@ def env(tmp_path):
     disk = tmp_path / "d.img"
     disk.write_bytes(b"1" * 8192)
     return tmp_path / "state", disk
-
-
-def st(capsys, state, *args):
-    code = main(["--state-dir", str(state), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_lifecycle_and_json(capsys, env):

@@ -7,16 +7,10 @@ import os
 
 import pytest
 
+from cli_helpers import st
 from qemu_fixtures import make_images, qemu_io, start_daemon, write_pattern
 from snaptree import Snaptree
-from snaptree.cli import main
 from snaptree.errors import InvalidInput, VolumeInUse
-
-
-def st(capsys, state, *args):
-    code = main(["--state-dir", str(state), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -7,18 +7,12 @@ import sqlite3
 
 import pytest
 
+from cli_helpers import st
 from qemu_fixtures import make_images, start_vm
 from snaptree import Snaptree
 from snaptree.api import CATALOG_FILE
 from snaptree.catalog import _SCHEMA_V1, SCHEMA_VERSION, Catalog
-from snaptree.cli import main
 from snaptree.errors import NotSupported, StateError
-
-
-def st(capsys, state, *args):
-    code = main(["--state-dir", str(state), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -112,17 +106,27 @@ def test_another_process_sees_the_new_volumes(disks):
         assert [v.spec for v in one.group("vm").volumes] == [f"raw:{d1}"]
 
 
-def test_a_version_1_catalog_is_migrated(tmp_path, disks):
-    _, (d0, _, _) = disks
-    path = tmp_path / "old" / CATALOG_FILE
-    path.parent.mkdir()
+def _old_catalog(folder, disk, version: int, *statements: str):
+    """A catalog as an older build left it: schema 1's tables, ``version`` in
+    meta, ``statements`` run on top, and group 'vm' holding ``disk``.
+    Returns the catalog's path."""
+    path = folder / CATALOG_FILE
+    folder.mkdir()
     conn = sqlite3.connect(path)
     conn.executescript(_SCHEMA_V1)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    for statement in statements:
+        conn.execute(statement)
     conn.execute("INSERT INTO groups (name, options, created) VALUES ('vm', '{}', 1.0)")
-    conn.execute("INSERT INTO volumes VALUES (?, 'vm', 'raw', ?, 0)", (f"raw:{d0}", str(d0)))
+    conn.execute("INSERT INTO volumes VALUES (?, 'vm', 'raw', ?, 0)", (f"raw:{disk}", str(disk)))
     conn.commit()
     conn.close()
+    return path
+
+
+def test_a_version_1_catalog_is_migrated(tmp_path, disks):
+    _, (d0, _, _) = disks
+    path = _old_catalog(tmp_path / "old", d0, 1)
     catalog = Catalog(str(path))
     assert catalog.schema_version() == SCHEMA_VERSION == 2
     assert [v.spec for v in catalog.get_group("vm").volumes] == [f"raw:{d0}"]
@@ -220,16 +224,8 @@ def test_a_member_missing_from_a_later_snapshot_is_drift(disks):
 def test_a_version_2_catalog_without_joined_is_completed(tmp_path, disks):
     """A catalog an earlier build of schema 2 made (no volumes.joined) still opens."""
     _, (d0, _, _) = disks
-    path = tmp_path / "v2" / CATALOG_FILE
-    path.parent.mkdir()
-    conn = sqlite3.connect(path)
-    conn.executescript(_SCHEMA_V1)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
-    conn.execute("ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
-    conn.execute("INSERT INTO groups (name, options, created) VALUES ('vm', '{}', 1.0)")
-    conn.execute("INSERT INTO volumes VALUES (?, 'vm', 'raw', ?, 0)", (f"raw:{d0}", str(d0)))
-    conn.commit()
-    conn.close()
+    path = _old_catalog(tmp_path / "v2", d0, 2,
+                        "ALTER TABLE groups ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
     with Snaptree(str(path.parent)) as api:
         api.create("vm", "s1")
         assert [s.name for s in api.list("vm")] == ["s1"] and api.check("vm").clean

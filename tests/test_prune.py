@@ -6,15 +6,9 @@ import json
 
 import pytest
 
+from cli_helpers import st
 from snaptree import Snaptree
-from snaptree.cli import main
 from snaptree.errors import BackendError, InvalidInput
-
-
-def st(capsys, state, *args):
-    code = main(["--state-dir", str(state), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
