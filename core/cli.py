@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from .api import KEEP, Snaptree
-from .errors import InvalidInput, SnaptreeError
+from .errors import InvalidInput, SnaptreeError, StateError
 from .progress import ProgressBar
 from .render import group_dict, snapshot_dict, tree_lines, when
 
@@ -328,7 +328,9 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         out.emit(report.as_dict(), lines)
         for error in report.errors:  # stderr, one line each, as every error
             print(f"snaptree: error: {' '.join(error.split())}", file=sys.stderr)
-        return 6 if report.errors else 0
+        # what recover could not finish stays interrupted: the same status
+        # as any other command refused for it (StateError)
+        return StateError.exit_code if report.errors else 0
     if cmd == "backends":
         rows = api.backends()
         lines = []

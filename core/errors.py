@@ -23,7 +23,8 @@ so the root cause stays reachable for a developer::
     │   ├── VolumeInUse                       e.g. an image a running QEMU holds
     │   └── DeviceTimeout                     a device node did not appear / go away in time
     ├── NotSupported                  exit 7  the backend cannot do what was asked
-    ├── StateError                    exit 8  catalog / state directory problems
+    ├── StateError                    exit 8  catalog / state directory problems, or an
+    │   │                                     interrupted operation recover cannot finish
     │   └── CatalogCorrupt
     ├── PermissionDenied              exit 9  not root, read-only state dir, ...
     └── PluginError                   exit 10 broken or conflicting plugins

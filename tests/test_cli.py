@@ -204,7 +204,7 @@ def test_recover_errors_go_to_stderr_alone(capsys, env, tmp_path):
     with sqlite3.connect(state / "catalog.sqlite") as db:  # a backend no plugin implements
         db.execute("UPDATE volumes SET backend='gone'")
     code, out, err = st(capsys, state, "recover", "vm")
-    assert code == 6 and out == ""
+    assert code == 8 and out == ""
     assert err.startswith("snaptree: error: vm: ") and "'gone'" in err and err.count("\n") == 1
     code, out, err = st(capsys, state, "recover", "vm", "--json")
-    assert code == 6 and json.loads(out)["errors"]
+    assert code == 8 and json.loads(out)["errors"]

@@ -26,3 +26,15 @@ def test_first_lines_give_demo_and_test_commands():
     assert any("./dev.sh test" in line for line in head)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "./dev.sh test" in ci
+
+
+def test_exit_code_table_matches_the_error_tree():
+    """Every exit status the code gives has its row, and recover's failure
+    is listed where ``StateError`` puts it (the CLI tests check the status)."""
+    from snaptree.cli import EXIT_DRIFT
+    from snaptree.errors import EXIT_CODES, StateError
+    text = README.read_text(encoding="utf-8")
+    table = text.split("Exit codes:", 1)[1].split("\n\n", 2)[1]
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, re.M))
+    assert {int(code) for code in rows} == {0, *EXIT_CODES.values(), EXIT_DRIFT, 141}
+    assert "recover cannot finish" in rows[str(StateError.exit_code)]
