@@ -17,6 +17,7 @@ from .errors import (Conflict, InvalidInput, NotFound, PermissionDenied, PluginE
 from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
 from .names import check_abs_path, check_description, check_name, split_spec
 from .plugins import PluginSet
+from .pruning import prune_order
 from .recovery import DriftReport, RecoveryReport, check, needs_recovery, recover, recover_held
 from .statedir import default_state_dir, ensure_state_dir
 from . import vm
@@ -397,35 +398,29 @@ class Snaptree:
 
     def prune(self, group: str, keep: int, *, dry_run: bool = False) -> list[str]:
         """Delete all but the ``keep`` newest complete snapshots, never the current one
-        (snapper's number cleanup); oldest first, each as its own delete.
+        (snapper's number cleanup), each as its own delete: newest first,
+        and a snapshot never before one below it in the tree (see
+        :mod:`snaptree.pruning`).
 
-        Returns the names deleted (with ``dry_run``: that would be).  A
-        failed delete stops the pruning: what was deleted before stays
-        deleted, and the error names them.
+        Returns the names deleted, in that order (with ``dry_run``: that
+        would be).  Each delete is decided again under the group's lock by
+        snapshot id: a rename meanwhile does not save a snapshot, a revert
+        to it does.  A failed delete stops the pruning: what was deleted
+        before stays deleted, and the error names them.
         """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise InvalidInput(f"keep must be a whole number of 0 or more, not {keep!r}")
-        snaps = [s for s in self.list(group) if s.state is SnapshotState.COMPLETE]
-        newest_first = sorted(snaps, key=lambda s: s.created, reverse=True)
-        kept = {s.snapshot_id for s in newest_first[:keep]}
-        current = self.group(group).current_id
-        doomed = [s for s in snaps if s.snapshot_id not in kept and s.snapshot_id != current]
+        doomed = prune_order(self.list(group), keep, self.group(group).current_id)
         if dry_run:
             return [s.name for s in doomed]
         deleted: list[str] = []
         warnings: list[str] = []
         for index, snap in enumerate(doomed):
-            now = self.catalog.get_snapshot_by_id(snap.snapshot_id)  # renamed meanwhile?
-            if now is None:
-                continue
             try:
-                # checked again under the lock: a revert to it or a rename
-                # since this list was made keeps it
-                if not self.coordinator.delete(group, now.name, snapshot_id=snap.snapshot_id,
-                                               keep_current=True):
-                    continue
+                gone = self.coordinator.delete(group, snap.name, snapshot_id=snap.snapshot_id,
+                                               keep_current=True)
             except SnapshotNotFound:
-                continue
+                continue  # deleted meanwhile by someone else
             except SnaptreeError as err:
                 if deleted:
                     err.message = (f"{err.one_line()} (pruning stopped; deleted before: "
@@ -433,7 +428,7 @@ class Snaptree:
                 raise
             finally:
                 warnings.extend(self.coordinator.warnings)
-            deleted.append(now.name)
+            deleted.extend(gone)
             if self.coordinator.progress is not None:
                 self.coordinator.progress(index + 1, len(doomed), f"prune {group}")
         self.coordinator.warnings = warnings

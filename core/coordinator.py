@@ -452,23 +452,32 @@ class Coordinator:
                keep_current: bool = False) -> list[str]:
         """Delete a snapshot (and its subtree with ``children``); returns names deleted.
 
-        Decided under the group's lock: with ``snapshot_id`` nothing is
-        deleted unless ``name`` still names that snapshot, with
-        ``keep_current`` nothing if it is the group's current one (both
-        return ``[]``), whatever happened since the caller looked.
+        Decided under the group's lock, whatever happened since the caller
+        looked: with ``snapshot_id`` the snapshot is the one with that id,
+        under whatever name it has by then (``name`` only says what the
+        caller called it; gone: :class:`SnapshotNotFound`); with
+        ``keep_current`` nothing is deleted if it is the group's current
+        one (returns ``[]``).
         """
         self.warnings = []
         self.group(group_name)  # no lock file for a group that does not exist
-        before = self.catalog.get_snapshot(group_name, name)
+        before = (self.catalog.get_snapshot(group_name, name) if snapshot_id is None
+                  else self.catalog.get_snapshot_by_id(snapshot_id))
         with self.locked(group_name, "delete"):
             group = self.group(group_name)
             if (before is not None and before.state is SnapshotState.DELETING
                     and self.catalog.get_snapshot_by_id(before.snapshot_id) is None):
-                return [name]  # a delete that had failed, finished as the lock was taken
-            snap = self.snapshot(group_name, name)
-            if ((snapshot_id is not None and snap.snapshot_id != snapshot_id)
-                    or (keep_current and group.current_id == snap.snapshot_id)):
+                return [before.name]  # a delete that had failed, finished as the lock was taken
+            if snapshot_id is None:
+                snap = self.snapshot(group_name, name)
+            else:
+                snap = self.catalog.get_snapshot_by_id(snapshot_id)
+                if snap is None or snap.group != group_name:
+                    raise SnapshotNotFound(f"group {group_name!r} has no snapshot {name!r} "
+                                           f"(id {snapshot_id}) any more")
+            if keep_current and group.current_id == snap.snapshot_id:
                 return []
+            name = snap.name  # its name now, for the messages (a rename may have come between)
             ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
             snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
             for s in snaps:

@@ -16,7 +16,7 @@ def test_demo_runs_the_whole_lifecycle(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "disks are byte-identical to snapshot 'installed'" in out
-    assert "deleted 'configured', 'scratch'" in out  # prune kept the two newest
+    assert "deleted 'scratch', 'configured'" in out  # prune kept the two newest
     assert "RAM and disks are back at 'booted'" in out
     assert "group 'vm2': clean" in out
     assert out.rstrip().endswith("demo: lifecycle complete; all checks passed")
