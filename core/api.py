@@ -172,7 +172,9 @@ class Snaptree:
         Refused while a snapshot holds a member on one of them (delete those
         snapshots first), unless ``forget_members``: then the catalog drops
         those members and leaves their storage where it is, each named in
-        :attr:`warnings` (the way out for a disk that is gone).  Refused
+        :attr:`warnings` (the way out for a disk that is gone), as is each
+        snapshot left with no member at all (revert refuses it, ``check``
+        reports it, delete removes it).  Refused
         too while an interrupted operation is unfinished, and for the
         group's last volume.
         """
@@ -187,12 +189,14 @@ class Snaptree:
             if len(specs) >= len(group.volumes):
                 raise InvalidInput(f"group {name!r} would have no volume left; "
                                    "'snaptree group delete' forgets a group")
-            unfinished = [s for s in self.catalog.list_snapshots(name)
-                          if s.state is not SnapshotState.COMPLETE]
+            snaps = self.catalog.list_snapshots(name)
+            unfinished = [s for s in snaps if s.state is not SnapshotState.COMPLETE]
             if unfinished:  # its members may not be in the catalog yet
                 raise StateError(f"snapshot {unfinished[0].name!r} of group {name!r} is "
                                  f"{unfinished[0].state.value}; run 'snaptree recover {name}' first")
             left: list[str] = []
+            emptied = [s.name for s in snaps
+                       if s.members and all(m.volume.spec in specs for m in s.members)]
             for spec in specs:
                 held = self.catalog.members_on(name, spec)
                 if held and not forget_members:
@@ -208,6 +212,8 @@ class Snaptree:
                 left += [f"{spec}: snaptree no longer tracks what snapshot {n!r} kept ({ref}); "
                          "check before removing anything" for n, ref in held]
             self.catalog.remove_volumes(name, specs)
+            left += [f"snapshot {n!r} has no member left (taken before the group's other volumes "
+                     "joined): it holds nothing to revert to; delete it" for n in emptied]
             self.coordinator.warnings.extend(left)
         return self.group(name)
 

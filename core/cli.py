@@ -314,7 +314,8 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         report = api.check(args.group)
         data = report.as_dict()
         lines = [f"group {args.group!r}: {'clean' if report.clean else 'DRIFT'}"]
-        for kind in ("missing", "orphans", "invalid", "unfinished", "unreadable", "foreign"):
+        for kind in ("missing", "orphans", "invalid", "unfinished", "empty", "unreadable",
+                     "foreign"):
             for item in data[kind]:
                 lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in item.items()))
         out.emit(data, lines)

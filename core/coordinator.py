@@ -372,6 +372,10 @@ class Coordinator:
             lost = [spec for spec in newer if not group.predates(snap.created, spec)]
             if lost:
                 raise NotSupported(f"snapshot {name!r} has no member for {lost[0]}")
+            if not snap.members:  # every volume it had left with 'group remove --forget-members'
+                raise NotSupported(
+                    f"snapshot {name!r} has no member left on any volume of group {group_name!r}: "
+                    "reverting to it would change nothing; delete it")
             if newer and options["memory"]:
                 raise NotSupported(
                     f"snapshot {name!r} holds VM memory from before volume {newer[0]} joined the "

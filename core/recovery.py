@@ -47,10 +47,14 @@ class DriftReport:
     unfinished: list[dict[str, str]] = attrs.field(factory=list)
     #: volumes that could not be listed, with the reason
     unreadable: list[dict[str, str]] = attrs.field(factory=list)
+    #: complete snapshots with no member left ('group remove --forget-members'
+    #: dropped them all): nothing to revert to, only to delete
+    empty: list[dict[str, str]] = attrs.field(factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.orphans or self.invalid or self.unfinished or self.unreadable)
+        return not (self.missing or self.orphans or self.invalid or self.unfinished
+                    or self.unreadable or self.empty)
 
     def as_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -250,6 +254,8 @@ def check(coord: Coordinator, group_name: str) -> DriftReport:
     for snap in snaps:
         if snap.state is not SnapshotState.COMPLETE:
             report.unfinished.append({"snapshot": snap.name, "state": snap.state.value})
+        elif not snap.members and all(group.predates(snap.created, v.spec) for v in group.volumes):
+            report.empty.append({"snapshot": snap.name})  # else its members are missing (below)
     known_ids = {s.snapshot_id: s for s in snaps}
     for volume in group.volumes:
         try:

@@ -200,6 +200,38 @@ def test_a_lost_disk_is_forgotten_with_its_members(capsys, disks):
     assert st(capsys, state, "check", "vm")[0] == 0
 
 
+def test_a_snapshot_left_with_no_member_is_named_refused_and_deletable(capsys, disks):
+    """s1 is older than d1 and its only member was on d0, a disk that is
+    gone: once d0 is forgotten, s1 holds nothing.  The forget says so, check
+    reports it, revert refuses it (it would change nothing and still make
+    it current), delete removes it."""
+    state, (d0, d1, _) = disks
+    assert st(capsys, state, "group", "create", "vm", f"raw:{d0}")[0] == 0
+    assert st(capsys, state, "create", "vm", "s1")[0] == 0
+    assert st(capsys, state, "group", "add", "vm", f"raw:{d1}")[0] == 0
+    fill(d1, b"b")
+    assert st(capsys, state, "create", "vm", "s2")[0] == 0
+    d0.unlink()
+    code, _, err = st(capsys, state, "group", "remove", "vm", f"raw:{d0}", "--forget-members")
+    assert code == 0
+    assert [line for line in err.splitlines() if "no member left" in line] == [
+        "snaptree: warning: snapshot 's1' has no member left (taken before the group's other "
+        "volumes joined): it holds nothing to revert to; delete it"]
+    code, out, _ = st(capsys, state, "check", "vm")
+    assert code == 11 and "  empty: snapshot=s1" in out.splitlines()
+    fill(d1, b"c")
+    journal = st(capsys, state, "journal", "vm", "--json")[1]
+    code, out, err = st(capsys, state, "revert", "vm", "s1")
+    assert (code, out) == (7, "") and err.count("\n") == 1
+    assert "snapshot 's1' has no member left on any volume of group 'vm'" in err
+    assert st(capsys, state, "journal", "vm", "--json")[1] == journal  # nothing journaled
+    assert json.loads(st(capsys, state, "current", "vm", "--json")[1])["name"] == "s2"
+    assert d1.read_bytes() == b"c" * 8192
+    assert st(capsys, state, "delete", "vm", "s1") == (0, "deleted 's1'\n", "")
+    assert st(capsys, state, "check", "vm")[0] == 0
+    assert st(capsys, state, "revert", "vm", "s2")[0] == 0 and d1.read_bytes() == b"b" * 8192
+
+
 def test_a_member_missing_from_a_later_snapshot_is_drift(disks):
     """Only snapshots older than a volume may lack a member on it."""
     state, (d0, d1, _) = disks
