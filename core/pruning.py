@@ -48,6 +48,9 @@ def prune_order(snapshots: Sequence[Snapshot], keep: int, current_id: str | None
             waiting[parent] -= 1
             if not waiting[parent]:
                 heapq.heappush(ready, (-place[parent], parent))
+    if len(order) < len(doomed):  # parents in a loop, which only a broken catalog has
+        placed = {s.snapshot_id for s in order}
+        order += [s for s in complete[::-1] if s.snapshot_id in doomed and s.snapshot_id not in placed]
     return order
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from cli_helpers import st
 from qemu_fixtures import image_digest, make_images, write_pattern
-from snaptree import Snaptree
+from snaptree import Snaptree, Snapshot, SnapshotState
 from snaptree.errors import BackendError, InvalidInput
+from snaptree.pruning import prune_order
 from snaptree_qcow2 import active_image
 from snaptree_qcow2.layout import overlay_path
 
@@ -194,3 +195,12 @@ def test_qcow2_internal_snapshots_go_before_the_external_one_below_them(tmp_path
         overlays = os.listdir(os.path.dirname(overlay_path(disk, "0" * 16)))
         assert not [f for f in overlays if f.endswith(".qcow2") and not f.startswith("run-")
                     and f != os.path.basename(overlay_path(disk, api.info("vm", "e4").snapshot_id))]
+
+
+def test_parents_in_a_loop_still_get_an_order():
+    """Only a broken catalog has one; every doomed snapshot is still listed, once."""
+    def snap(name, parent, created):
+        return Snapshot(snapshot_id=f"{created:016x}", group="vm", name=name, parent=parent,
+                        created=float(created), description="", state=SnapshotState.COMPLETE)
+    snaps = [snap("a", "c", 1), snap("b", "a", 2), snap("c", "b", 3), snap("d", "c", 4)]
+    assert [s.name for s in prune_order(snaps, 1, None)] == ["c", "b", "a"]
