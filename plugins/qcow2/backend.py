@@ -31,7 +31,7 @@ from snaptree import faults, vm
 from snaptree.names import check_abs_path, check_room_beside
 
 from . import launch, memory, restart
-from .layout import (PARTIAL, active_image, make_snapshot_dir, memory_path, overlay_path,
+from .layout import (BASE_NOTE_FILE, PARTIAL, active_image, make_snapshot_dir, memory_path, overlay_path,
                      pause_marker, remove_file, set_active, snapshot_dir)
 from .live import LiveOps, block_nodes, stamp_of
 from .offline import Chain, OfflineOps, internal_member, tag_holder
@@ -500,8 +500,13 @@ class Qcow2Backend(VolumeBackend):
         done = []
         folder = snapshot_dir(volume.locator)
         if os.path.isdir(folder):
-            for name in sorted(os.listdir(folder)):
+            names = sorted(os.listdir(folder))
+            for name in names:
                 if name.endswith(PARTIAL):
+                    os.unlink(os.path.join(folder, name))
+                    done.append(f"removed leftover {name}")
+                elif (note := BASE_NOTE_FILE.match(name)) and f"{note[1]}.qcow2" not in names:
+                    # the note of an overlay removed by hand after recover refused to merge it
                     os.unlink(os.path.join(folder, name))
                     done.append(f"removed leftover {name}")
         active = active_image(volume.locator)

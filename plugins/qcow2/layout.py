@@ -13,6 +13,9 @@ External snapshots live in ``/dir/.disk.qcow2.snaptree/``:
     the path of the image the VM must run on now (absent: the registered
     image itself).  Written atomically; libvirt keeps the same fact in its
     domain XML.
+``<snapshot_id>.base``
+    while a live external create switches QEMU to overlay ``<snapshot_id>``:
+    what the image below looked like right after the switch (:mod:`.bases`).
 The folder and every image snaptree creates in it take the registered
 image's owner and group and a mode the owner can use (the image's own bits,
 plus read-write for the owner; the folder opens to the classes the image
@@ -40,11 +43,12 @@ import stat
 from snaptree.errors import BackendError, StateError
 from snaptree.names import beside
 
-__all__ = ["read_note", "remove_file", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "active_image",
-           "set_active", "pause_marker", "restart_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "PARTIAL"]
+__all__ = ["read_note", "remove_file", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "base_note", "active_image",
+           "set_active", "pause_marker", "restart_marker", "SNAPSHOT_ID", "OVERLAY_FILE", "BASE_NOTE_FILE", "PARTIAL"]
 
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{16}$")
 OVERLAY_FILE = re.compile(r"^([0-9a-f]{16})\.qcow2$")
+BASE_NOTE_FILE = re.compile(r"^([0-9a-f]{16})\.base$")
 PARTIAL = ".partial"
 _ACTIVE = "active"
 
@@ -123,6 +127,10 @@ def run_overlay_path(image: str) -> str:
 
 def memory_path(image: str, snapshot_id: str) -> str:
     return os.path.join(snapshot_dir(image), f"{snapshot_id}.memory")
+
+
+def base_note(image: str, snapshot_id: str) -> str:
+    return os.path.join(snapshot_dir(image), f"{snapshot_id}.base")
 
 
 def pause_marker(image: str) -> str:

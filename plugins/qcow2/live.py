@@ -32,6 +32,7 @@ from snaptree import faults
 from snaptree.errors import BackendError, NotSupported, QMPFailed
 from snaptree.model import MemberSnapshot, Volume
 
+from . import bases
 from .header import read_header, snapshot_names
 from .layout import active_image, adopt, make_snapshot_dir, overlay_path, set_active
 from .offline import Chain, discard_unused, external_member, internal_member
@@ -264,9 +265,16 @@ class LiveOps:
                 self._remove_unused_overlays(session, members)
                 raise
         if mode == "external":
+            faults.checkpoint("qcow2:unstamped")  # QEMU runs on the overlays; nothing noted yet
+            # QEMU holds each image below read-only now, and nothing else
+            # can write it while QEMU runs: its stamp tells recover whether
+            # it was written after (see .bases)
+            for volume, active in zip(volumes, actives):
+                bases.record(volume.locator, snapshot_id, active)
             faults.checkpoint("qcow2:switched")  # QEMU runs on the overlays; 'active' says not yet
             for volume, member in zip(volumes, members):
                 set_active(volume.locator, member.data["overlay"])
+                bases.forget(volume.locator, snapshot_id)
         return members
 
     def _make_overlays(self, session: QMPSession, volumes: Sequence[Volume],
@@ -412,5 +420,6 @@ class LiveOps:
         if overlay == active:
             set_active(member.locator, frozen)
         os.unlink(overlay)
+        bases.forget(member.locator, member.snapshot_id)
         discard_unused(self.qemu_img, member.locator)
         return True

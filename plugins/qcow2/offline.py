@@ -16,6 +16,7 @@ from typing import Sequence
 from snaptree.errors import BackendError, NotFound, NotSupported
 from snaptree.model import MemberSnapshot, Volume
 
+from . import bases
 from .header import holds_no_data, read_header
 from .layout import (
     OVERLAY_FILE,
@@ -109,15 +110,6 @@ def external_member(volume: Volume, snapshot_id: str, frozen: str) -> MemberSnap
     return MemberSnapshot(backend="qcow2", locator=volume.locator, snapshot_id=snapshot_id,
                           ref=frozen, data={"mode": "external",
                                             "overlay": overlay_path(volume.locator, snapshot_id)})
-
-
-def _written_after(base: str, overlay: str) -> bool:
-    """True when ``base`` was modified after ``overlay`` last was (QEMU never
-    writes the backing image of the overlay it runs on)."""
-    try:
-        return os.stat(base).st_mtime_ns > os.stat(overlay).st_mtime_ns
-    except OSError:
-        return False
 
 
 class OfflineOps:
@@ -230,7 +222,8 @@ class OfflineOps:
             return
         overlay = overlay_path(member.locator, member.snapshot_id)
         if not os.path.exists(overlay):
-            return  # gone already (a retried delete)
+            bases.forget(member.locator, member.snapshot_id)
+            return  # gone already (a retried delete, or removed by hand)
         if chain is None:
             chain = Chain(self.qemu_img, member.locator)
         frozen = chain.backing.get(overlay)
@@ -239,27 +232,29 @@ class OfflineOps:
         if chain.snaptree_tags(overlay):
             raise NotSupported(
                 f"qcow2: {overlay} holds internal snapshots; delete those first")
-        if (frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay)
-                and self._never_written(overlay)):
-            # A create stopped between making the overlay and switching to
-            # it: nothing was written there, and the image below runs on.
-            # (Stopped after QEMU switched, before 'active' was written, the
-            # overlay holds the guest's writes: it is merged down below.)
-            remove_file(overlay, "remove unused overlay")
-            return
-        if (frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay)
-                and _written_after(frozen, overlay)):
-            # The same window, but a VM ran on the image below since (it was
-            # started again on it): merging the overlay's older writes down
-            # would overwrite newer data.  Keep both for a person to decide.
-            raise BackendError(
-                f"qcow2: {overlay} holds writes of a VM that was switched to it by an interrupted "
-                f"snapshot, and {frozen} was written after them; snaptree will not merge older "
-                f"data over newer: keep or remove {overlay} yourself, then run recover again")
+        if frozen == os.path.realpath(active_image(member.locator)) and not chain.children(overlay):
+            # A create stopped after making the overlay, before writing down
+            # that the VM runs on it: 'active' still names the image below.
+            # An overlay that holds nothing goes.  One that holds the guest's
+            # writes after QEMU switched to it is merged down only into an
+            # image below that is as the switch left it: a VM started on
+            # that image since may have written newer data there.
+            if self._never_written(overlay):
+                remove_file(overlay, "remove unused overlay")
+                bases.forget(member.locator, member.snapshot_id)
+                return
+            changed = bases.changed_since_switch(member.locator, member.snapshot_id, frozen)
+            if changed is not None:
+                raise BackendError(
+                    f"qcow2: {overlay} holds writes of a VM that an interrupted snapshot switched "
+                    f"to it, and {changed}; merging them down could put older data over newer, "
+                    f"so snaptree leaves both: save what you need from {overlay}, remove it, "
+                    "then run recover again")
         if chain.children(frozen) == [overlay]:
             self._merge_down(member.locator, chain, overlay, frozen)
         else:
             self._rename_away(member.locator, chain, overlay)
+        bases.forget(member.locator, member.snapshot_id)
         discard_unused(self.qemu_img, member.locator)
 
     def _never_written(self, overlay: str) -> bool:
