@@ -369,8 +369,9 @@ class Snaptree:
 
     @property
     def warnings(self) -> list[str]:
-        """What backends warned about during the last create, revert or delete
-        (e.g. an LVM merge deferred until the volume is closed)."""
+        """What the last operation on a group warned about (an LVM merge
+        deferred until the volume is closed, what was recovered first, the
+        storage 'group remove --forget-members' leaves untracked)."""
         return list(self.coordinator.warnings)
 
     def revert(self, group: str, name: str, *, disks_only: bool = False,

@@ -102,7 +102,12 @@ class Coordinator:
 
     @contextlib.contextmanager
     def locked(self, group_name: str, operation: str) -> Iterator[None]:
-        """Hold ``group_name``'s lock for ``operation`` (then call :attr:`on_locked`)."""
+        """Hold ``group_name``'s lock for ``operation`` (then call :attr:`on_locked`).
+
+        :attr:`warnings` start afresh: what an earlier operation warned about
+        is not said again after this one.
+        """
+        self.warnings = []
         with group_lock(self.state_dir, group_name, self.lock_timeout):
             if self.on_locked is not None:
                 self.on_locked(group_name, operation)

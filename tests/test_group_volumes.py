@@ -53,6 +53,22 @@ def test_an_added_disk_is_left_alone_by_older_snapshots(capsys, disks):
     assert st(capsys, state, "check", "vm")[0] == 0
 
 
+def test_warnings_are_the_last_operations_own(disks):
+    """A toolstack reads Snaptree.warnings after each call: a volume change
+    must not repeat what the revert before it warned about."""
+    state, (d0, d1, _) = disks
+    with Snaptree(str(state)) as api:
+        api.create_group("vm", [f"raw:{d0}"])
+        api.create("vm", "before")
+        api.add_volumes("vm", [f"raw:{d1}"])
+        api.revert("vm", "before")
+        assert [w for w in api.warnings if "joined the group after" in w]
+        api.remove_volumes("vm", [f"raw:{d1}"])
+        assert api.warnings == []
+        api.add_volumes("vm", [f"raw:{d1}"])
+        assert api.warnings == []
+
+
 def test_remove_waits_for_the_snapshots_holding_the_disk(capsys, disks):
     state, (d0, d1, d2) = disks
     assert st(capsys, state, "group", "create", "vm", f"raw:{d0}", f"raw:{d1}")[0] == 0
