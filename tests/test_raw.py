@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import struct
 
 import pytest
 
@@ -88,6 +89,45 @@ def test_revert_keeps_mode(tmp_path):
         api.revert("g", "s")
     assert img.read_bytes() == b"a" * 8192
     assert os.stat(img).st_mode & 0o777 == 0o640
+
+
+def _acl(*entries):
+    """A POSIX ACL as the kernel stores it in system.posix_acl_access."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident)
+                                           for tag, perm, ident in entries)
+
+
+@pytest.mark.root
+def test_revert_keeps_owner_acl_and_labels(tmp_path):
+    """A revert swaps in a new file: what the image file carried (a label a confined QEMU
+    needs, an ACL, its owner) must come along, not just the mode."""
+    from snaptree import Snaptree
+    img = tmp_path / "d.img"
+    img.write_bytes(b"a" * 8192)
+    os.chown(img, 1234, 1234)
+    acl = _acl((0x01, 6, 0xFFFFFFFF), (0x02, 4, 4321), (0x04, 4, 0xFFFFFFFF),
+               (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))
+    try:
+        os.setxattr(img, "system.posix_acl_access", acl)
+    except OSError as err:
+        pytest.skip(f"no POSIX ACLs on {tmp_path}: {err.strerror}")
+    os.setxattr(img, "user.label", b"svirt_image_t:s0:c1,c2")
+    os.setxattr(img, "trusted.snaptree-test", b"kept")
+    before = {name: os.getxattr(img, name) for name in os.listxattr(img)}
+    mode = os.stat(img).st_mode & 0o7777
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{img}"])
+        api.create("g", "s")
+        img.write_bytes(b"b" * 8192)
+        # the folder's default ACL would give a fresh file an ACL the image never had
+        os.setxattr(tmp_path, "system.posix_acl_default",
+                    _acl((0x01, 7, 0xFFFFFFFF), (0x02, 7, 999), (0x04, 5, 0xFFFFFFFF),
+                         (0x10, 7, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)))
+        api.revert("g", "s")
+    assert img.read_bytes() == b"a" * 8192
+    assert {name: os.getxattr(img, name) for name in os.listxattr(img)} == before
+    after = os.stat(img)
+    assert (after.st_uid, after.st_gid, after.st_mode & 0o7777) == (1234, 1234, mode)
 
 
 

@@ -20,7 +20,7 @@ from snaptree import BackendInfo, Capabilities, MemberSnapshot, SpaceUsage, Volu
 from snaptree.errors import InvalidInput, NotFound, VolumeNotFound
 from snaptree.names import beside, check_abs_path, check_room_beside, entries_beside, remove_if_empty
 
-from .clone import clone_file, fsync_dir, map_oserror
+from .clone import carry_attributes, clone_file, fsync_dir, map_oserror
 
 __all__ = ["RawBackend", "snapshot_dir"]
 
@@ -105,9 +105,7 @@ class RawBackend(VolumeBackend):
                 old = os.stat(image)
                 clone_file(member.ref, temp, progress=ctx.progress,
                            label=f"revert {os.path.basename(image)}")
-                os.chmod(temp, stat.S_IMODE(old.st_mode))
-                if os.geteuid() == 0:
-                    os.chown(temp, old.st_uid, old.st_gid)
+                carry_attributes(image, old, temp)
                 os.replace(temp, image)
                 fsync_dir(os.path.dirname(image))
             except FileNotFoundError as err:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from snaptree.errors import BackendError, OutOfSpace, PermissionDenied, VolumeNotFound
 
-__all__ = ["clone_file", "fsync_dir", "map_oserror", "CHUNK"]
+__all__ = ["clone_file", "fsync_dir", "map_oserror", "carry_attributes", "CHUNK"]
 
 FICLONE = 0x40049409
 CHUNK = 32 * 1024 * 1024
@@ -31,6 +31,33 @@ def map_oserror(err: OSError, what: str) -> BackendError:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermissionDenied(f"raw: {what}: {err.strerror}")
     return BackendError(f"raw: {what}: {err.strerror or err}")
+
+
+def carry_attributes(image: str, old: os.stat_result, temp: str) -> None:
+    """Give ``temp``, about to replace ``image``, what the image's file (not
+    its data) carried: owner (as root), extended attributes (an SELinux or
+    sVirt label, POSIX ACLs, ``user.*`` notes) and mode.  The mode goes last:
+    a chown clears set-id bits and an ACL rewrites the group bits."""
+    if os.geteuid() == 0:
+        os.chown(temp, old.st_uid, old.st_gid)
+    # a fresh file gets the folder's default ACL or the LSM's default label:
+    # what the image does not carry goes too
+    wanted = {name: os.getxattr(image, name) for name in _xattrs(image)}
+    for name in _xattrs(temp):
+        if name not in wanted:
+            os.removexattr(temp, name)
+    for name, value in wanted.items():
+        os.setxattr(temp, name, value)
+    os.chmod(temp, old.st_mode & 0o7777)
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        return os.listxattr(path)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.ENOSYS):
+            return []  # a filesystem without extended attributes
+        raise
 
 
 def fsync_dir(path: str) -> None:
