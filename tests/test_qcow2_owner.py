@@ -45,9 +45,13 @@ def _write_as(user, image: str, seed: int) -> subprocess.CompletedProcess:
 
 
 def test_overlays_belong_to_the_image_owner(folder, vm_user):
+    """... and carry its extended attributes: the label a confined QEMU needs to open them."""
     [disk] = make_images(folder, 1)
     os.chown(disk, vm_user.pw_uid, vm_user.pw_gid)
     os.chmod(disk, 0o600)
+    os.setxattr(disk, "user.label", b"svirt_image_t:s0:c7,c9")
+    os.setxattr(disk, "trusted.snaptree-test", b"kept")
+    labels = {name: os.getxattr(disk, name) for name in os.listxattr(disk)}
     with Snaptree(os.path.join(folder, "state")) as api:
         api.create_group("vm", [f"qcow2:{disk}"], options={"qcow2.mode": "external"})
         api.create("vm", "e1")
@@ -63,6 +67,7 @@ def test_overlays_belong_to_the_image_owner(folder, vm_user):
             found = os.stat(image)
             assert (found.st_uid, found.st_gid) == (vm_user.pw_uid, vm_user.pw_gid)
             assert stat.S_IMODE(found.st_mode) == 0o600
+            assert {name: os.getxattr(image, name) for name in os.listxattr(image)} == labels
         # the folder stays root's: the VM user passes through it, cannot write in it
         found = os.stat(snapshot_dir(disk))
         assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (0, 0o711)

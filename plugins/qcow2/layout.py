@@ -41,6 +41,7 @@ import secrets
 import stat
 
 from snaptree.errors import BackendError, StateError
+from snaptree.fileattrs import copy_xattrs
 from snaptree.names import beside
 
 __all__ = ["read_note", "remove_file", "snapshot_dir", "make_snapshot_dir", "adopt", "overlay_path", "run_overlay_path", "memory_path", "base_note", "active_image",
@@ -70,7 +71,8 @@ def remove_file(path: str, what: str = "remove") -> None:
 
 def adopt(image: str, path: str) -> None:
     """Give ``path``, an image snaptree made in ``image``'s folder, ``image``'s
-    owner and group and a mode its owner can use (the image's bits plus owner
+    owner and group, its extended attributes (the label a confined QEMU
+    needs, ACLs) and a mode its owner can use (the image's bits plus owner
     read-write), so a VM running as that user opens it."""
     try:
         found = os.stat(image)
@@ -78,6 +80,7 @@ def adopt(image: str, path: str) -> None:
         try:
             if os.geteuid() == 0:
                 os.fchown(fd, found.st_uid, found.st_gid)
+            copy_xattrs(image, fd)
             os.fchmod(fd, (stat.S_IMODE(found.st_mode) & 0o666) | 0o600)
         finally:
             os.close(fd)

@@ -14,6 +14,7 @@ import os
 from typing import Callable
 
 from snaptree.errors import BackendError, OutOfSpace, PermissionDenied, VolumeNotFound
+from snaptree.fileattrs import copy_xattrs
 
 __all__ = ["clone_file", "fsync_dir", "map_oserror", "carry_attributes", "CHUNK"]
 
@@ -40,24 +41,8 @@ def carry_attributes(image: str, old: os.stat_result, temp: str) -> None:
     a chown clears set-id bits and an ACL rewrites the group bits."""
     if os.geteuid() == 0:
         os.chown(temp, old.st_uid, old.st_gid)
-    # a fresh file gets the folder's default ACL or the LSM's default label:
-    # what the image does not carry goes too
-    wanted = {name: os.getxattr(image, name) for name in _xattrs(image)}
-    for name in _xattrs(temp):
-        if name not in wanted:
-            os.removexattr(temp, name)
-    for name, value in wanted.items():
-        os.setxattr(temp, name, value)
+    copy_xattrs(image, temp)
     os.chmod(temp, old.st_mode & 0o7777)
-
-
-def _xattrs(path: str) -> list[str]:
-    try:
-        return os.listxattr(path)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.ENOSYS):
-            return []  # a filesystem without extended attributes
-        raise
 
 
 def fsync_dir(path: str) -> None:
