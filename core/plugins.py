@@ -3,8 +3,11 @@
 Our own backends are found there exactly like a third party's.  The
 environment variable ``SNAPTREE_PLUGINS`` narrows which entry points load: a
 comma-separated list of entry-point names (``raw,btrfs``); empty loads none.
-A broken entry point is logged and skipped, and listed by ``snaptree
-backends``; two backends with one name are an error naming both providers.
+A broken plugin (an entry point that fails to load, ``plugin`` a class
+rather than an instance, a ``snaptree_backends`` that raises or returns
+something else than a list of :class:`BackendInfo` with usable names) is
+logged, skipped and listed by ``snaptree backends``; the others still work.
+Two backends with one name are an error naming both providers.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 from typing import Iterable
 
 import attrs
@@ -73,11 +77,16 @@ class PluginSet:
             try:
                 module = ep.load()
                 plugin = getattr(module, "plugin", module)
+                if isinstance(plugin, type):
+                    raise TypeError(f"{ep.value}: 'plugin' is the class {plugin.__name__}, "
+                                    f"not an instance (write plugin = {plugin.__name__}())")
                 self.pm.register(plugin, name=ep.name)
             except Exception as err:  # a broken third-party plugin must not stop us
-                reason = f"{type(err).__name__}: {err}"
-                self.broken[ep.name] = reason
-                log.warning("skipping snaptree plugin %r: %s", ep.name, reason)
+                self._mark_broken(ep.name, f"{type(err).__name__}: {err}")
+
+    def _mark_broken(self, name: str, reason: str) -> None:
+        self.broken[name] = reason
+        log.warning("skipping snaptree plugin %r: %s", name, reason)
 
     @property
     def backends(self) -> dict[str, BackendInfo]:
@@ -86,10 +95,13 @@ class PluginSet:
             found: dict[str, BackendInfo] = {}
             for impl in self.pm.hook.snaptree_backends.get_hookimpls():
                 provider = impl.plugin_name
-                for info in impl.function() or ():
-                    if not isinstance(info, BackendInfo):
-                        raise PluginError(
-                            f"plugin {provider!r} registered {info!r}, not a BackendInfo")
+                try:
+                    infos = _registered(impl.function())
+                except Exception as err:  # the plugin's mistake: it goes, the others stay
+                    self.pm.unregister(impl.plugin)
+                    self._mark_broken(provider, f"snaptree_backends: {type(err).__name__}: {err}")
+                    continue
+                for info in infos:
                     if info.name in found:
                         raise PluginError(
                             f"backend {info.name!r} is registered twice: by "
@@ -103,4 +115,31 @@ class PluginSet:
             return self.backends[name]
         except KeyError:
             known = ", ".join(sorted(self.backends)) or "none"
-            raise BackendNotFound(f"unknown backend {name!r} (installed: {known})") from None
+            broken = f"; broken plugins: {', '.join(sorted(self.broken))}" if self.broken else ""
+            raise BackendNotFound(f"unknown backend {name!r} (installed: {known}{broken})") from None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: what a backend may be called: a spec is ``NAME:LOCATOR``
+_BACKEND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+
+
+def _registered(result: object) -> list[BackendInfo]:
+    """The backends one ``snaptree_backends`` call returned, checked; a
+    :class:`TypeError` or :class:`ValueError` says what is wrong."""
+    if result is None:
+        return []
+    if isinstance(result, (BackendInfo, str, bytes, dict)) or not hasattr(result, "__iter__"):
+        raise TypeError(f"returned a {type(result).__name__}, not a list of BackendInfo")
+    infos = list(result)
+    for info in infos:
+        if not isinstance(info, BackendInfo):
+            raise TypeError(f"registered {_short(info)}, not a BackendInfo")
+        if not isinstance(info.name, str) or not _BACKEND_NAME.match(info.name):
+            raise ValueError(f"backend name {info.name!r} is not 1-32 of a-z, 0-9, _ and -, "
+                             "starting with a letter (a spec is NAME:LOCATOR)")
+    return infos

@@ -34,15 +34,60 @@ def test_duplicate_backend_names_name_both_providers():
         plugins.backends
 
 
-def test_registration_must_be_typed():
-    class Sloppy:
-        @hookimpl
-        def snaptree_backends(self):
-            return [{"name": "dict"}]
+class _Registers:
+    """A plugin whose registration hook returns (or raises) what it is given."""
 
-    plugins = PluginSet([Sloppy()], load_entrypoints=False)
-    with pytest.raises(PluginError, match="not a BackendInfo"):
-        plugins.backends
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    @hookimpl
+    def snaptree_backends(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize("outcome, reason", [
+    ([{"name": "dict"}], "not a BackendInfo"),
+    (BackendInfo("bare", "no list around it", Capabilities()), "not a list of BackendInfo"),
+    (RuntimeError("no config file"), "RuntimeError: no config file"),
+    ([BackendInfo("bad:name", "a colon", Capabilities())], "backend name 'bad:name'"),
+    ([BackendInfo("", "empty", Capabilities())], "backend name ''"),
+])
+def test_a_registration_mistake_skips_that_plugin_only(outcome, reason):
+    plugins = PluginSet([], load_entrypoints=False)
+    plugins.register(_Named("fine"), name="good-dist")
+    plugins.register(_Registers(outcome), name="sloppy-dist")
+    assert set(plugins.backends) == {"fine"}
+    assert reason in plugins.broken["sloppy-dist"]
+    assert plugins.pm.get_plugin("sloppy-dist") is None, "none of its hooks may run"
+    with pytest.raises(snaptree.errors.BackendNotFound, match="broken plugins: sloppy-dist"):
+        plugins.backend("dict")
+
+
+def test_an_entry_point_naming_the_class_is_broken_and_says_so(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "snaptree_classy").mkdir(parents=True)
+    (site / "snaptree_classy" / "__init__.py").write_text(
+        "from snaptree import VolumeBackend\n"
+        "class Classy(VolumeBackend):\n"
+        "    pass\n"
+        "plugin = Classy\n")
+    dist = site / "snaptree_classy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: snaptree-classy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[snaptree]\nclassy = snaptree_classy\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("SNAPTREE_PLUGINS", "classy,raw")
+    import logging
+    logging.getLogger("snaptree.plugins").disabled = True
+    try:
+        with Snaptree(str(tmp_path / "state")) as api:
+            rows = {r["name"]: r for r in api.backends()}
+    finally:
+        logging.getLogger("snaptree.plugins").disabled = False
+    assert "write plugin = Classy()" in rows["classy"]["broken"]
+    assert "capabilities" in rows["raw"]
 
 
 def test_broken_entry_point_is_skipped(tmp_path, monkeypatch):
