@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from typing import Any, Sequence
 
@@ -391,6 +392,37 @@ def _count(text: str) -> int:
     return value
 
 
+#: what each operation an interrupt cut short left, and what ``recover`` does with it
+_UNFINISHED = {
+    "revert": ("the revert of group {group!r} to {target} was cut short: its volumes may hold "
+               "two snapshots", "finishes the revert"),
+    "delete": ("the delete of {target} in group {group!r} was cut short: it stays 'deleting'",
+               "finishes the delete"),
+    "create": ("the create of {target} in group {group!r} was cut short and not all undone",
+               "removes what it made"),
+}
+
+
+def _left_open(api: Snaptree) -> str:
+    """What an interrupt left for ``recover``: this process's open journal entries."""
+    try:
+        mine = [e for e in api.catalog.journal_open() if e.get("pid") == os.getpid()]
+        if not mine:
+            return "no operation was left unfinished"
+        entry = mine[-1]
+        snap = api.catalog.get_snapshot_by_id(entry["snapshot_id"] or "")
+    except Exception:  # the interrupt is the news: say what is sure
+        return "run 'snaptree recover' if an operation was cut short"
+    group = entry["group_name"]
+    name = snap.name if snap is not None else entry["payload"].get("name")
+    target = repr(name) if name else f"snapshot {entry['snapshot_id']}"
+    what, does = _UNFINISHED.get(entry["operation"],
+                                 (f"{entry['operation']} on group {{group!r}} was cut short",
+                                  "finishes it"))
+    return (f"{what.format(group=group, target=target)}; 'snaptree recover "
+            f"{shlex.quote(group)}' {does} (so does the group's next create, revert or delete)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -404,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = _run(args, api, out)
                 sys.stdout.flush()  # a closed pipe shows here, not at exit
                 return code
+            except KeyboardInterrupt:
+                progress.close()
+                print(f"snaptree: interrupted; {_left_open(api)}", file=sys.stderr)
+                return 130
             finally:
                 progress.close()
                 for warning in api.warnings:
@@ -418,9 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at exit would fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("snaptree: interrupted; run 'snaptree recover' if an operation was cut short",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # before the catalog was open: nothing was changed
+        print("snaptree: interrupted; nothing was changed", file=sys.stderr)
         return 130
     except Exception as err:  # a bug; still one line unless --debug
         if args.debug:

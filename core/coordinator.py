@@ -313,6 +313,10 @@ class Coordinator:
                 self.catalog.journal_finish(op_id, "done", db)
         except BaseException as err:
             undo_errors = self._undo_create(group, ctx, made, memory_state)
+            if not isinstance(err, Exception) and not undo_errors:
+                # an interrupt can cut a backend call short after it made a
+                # member and before it returned it: find those as recover does
+                undo_errors = self._undo_unreturned(group, ctx, made)
             if suspended:
                 try:
                     self.hook.snaptree_vm_resume(group=group, ctx=ctx)
@@ -347,6 +351,22 @@ class Coordinator:
                 self.hook.snaptree_memory_delete(group=group, memory=memory_state, ctx=ctx)
             except Exception as err:
                 errors.append(f"memory: {err}")
+        return errors
+
+    def _undo_unreturned(self, group: Group, ctx: OpContext,
+                         made: list[MemberSnapshot]) -> list[str]:
+        """Delete members carrying the create's id that no backend call returned."""
+        returned = {(m.volume.spec, m.ref) for m in made}
+        errors: list[str] = []
+        for volume in group.volumes:
+            try:
+                listed = self.hook.snaptree_list(backend=volume.backend, volume=volume) or ()
+                left = [m for m in listed if m.snapshot_id == ctx.snapshot_id
+                        and (volume.spec, m.ref) not in returned]
+                if left:
+                    self.hook.snaptree_delete(backend=volume.backend, members=left, ctx=ctx)
+            except Exception as err:
+                errors.append(f"{volume.spec}: {err}")
         return errors
 
     # -- revert ---------------------------------------------------------------
@@ -426,6 +446,14 @@ class Coordinator:
                     self.warnings.extend(f"volume {spec} joined the group after snapshot {name!r}: "
                                          "left as it is" for spec in newer)
                 except BaseException as err:
+                    if not isinstance(err, Exception):
+                        # Ctrl-C, SystemExit: the disks may stand between two
+                        # snapshots, and only finishing the revert puts them at
+                        # one.  The entry stays open, as a crash leaves it, for
+                        # 'recover' (or the next operation's recover-first) to
+                        # roll forward; a paused VM stays paused until then.
+                        span.end(err)
+                        raise
                     if suspended:
                         try:
                             self.hook.snaptree_vm_resume(group=group, ctx=ctx)
@@ -508,8 +536,11 @@ class Coordinator:
                 with self.catalog.write("delete-commit") as db:
                     self.catalog.journal_finish(op_id, "done", db)
             except BaseException as err:
+                # the entry stays open whatever stopped the delete (an
+                # interrupt too): 'recover' rolls it forward
                 with self.catalog.write("delete-failed") as db:
-                    self.catalog.journal_update(op_id, {"ids": ids, "error": str(err)}, db)
+                    self.catalog.journal_update(
+                        op_id, {"ids": ids, "error": str(err) or type(err).__name__}, db)
                 if isinstance(err, SnaptreeError):
                     err.message = (f"{err.one_line()} (snapshot {name!r} stays 'deleting': "
                                    "'snaptree recover', or the next operation on the group, "

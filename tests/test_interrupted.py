@@ -244,3 +244,74 @@ def test_a_revert_a_backend_reports_failed_later_gives_back_the_previous_current
         again = api.recover("vm")  # reported again: nothing more changes
         assert not any("current again" in line for line in again.actions)
         assert api.current("vm").name == "b"
+
+
+def _journal_open(state):
+    with Snaptree(state, auto_recover=False) as api:
+        return [e for e in api.journal("vm") if e["status"] == "open"]
+
+
+def test_ctrl_c_in_a_revert_leaves_it_for_recover_to_finish(tmp_path, disks):
+    """A Ctrl-C between two disks' reverts is a crash for the volumes: the
+    entry stays open and recover rolls the revert forward, as after SIGKILL."""
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    result = run_cli(["revert", "vm", "a"], state,
+                     env={"SNAPTREE_INTERRUPT_AT_LABEL": "backend:revert:raw:after"})
+    assert result.returncode == 130
+    assert (disks[0].read_bytes(), disks[1].read_bytes()) == (A, Z)  # half reverted
+    assert result.stderr.count("\n") == 1
+    assert "revert of group 'vm' to 'a' was cut short" in result.stderr
+    assert "'snaptree recover vm' finishes the revert" in result.stderr
+    assert [e["operation"] for e in _journal_open(state)] == ["revert"]
+    result = run_cli(["recover", "vm"], state)
+    assert result.returncode == 0, result.stderr
+    assert "finished reverting to 'a'" in result.stdout
+    assert (disks[0].read_bytes(), disks[1].read_bytes()) == (A, B)
+    with Snaptree(state) as api:
+        assert api.current("vm").name == "a"
+        assert api.check("vm").clean
+
+
+def test_ctrl_c_in_a_revert_is_finished_by_the_next_operation(tmp_path, disks):
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    run_cli(["revert", "vm", "a"], state,
+            env={"SNAPTREE_INTERRUPT_AT_LABEL": "backend:revert:raw:after"})
+    result = run_cli(["create", "vm", "c"], state)
+    assert result.returncode == 0, result.stderr
+    assert "recovered first" in result.stderr and "finished reverting to 'a'" in result.stderr
+    assert (disks[0].read_bytes(), disks[1].read_bytes()) == (A, B)
+    with Snaptree(state) as api:
+        assert api.info("vm", "c").parent == "a"
+
+
+def test_ctrl_c_in_a_create_removes_the_member_no_call_returned(tmp_path, disks):
+    """Interrupted after the first disk's member was made but before the
+    backend call returned it: the create's undo still finds and removes it."""
+    state = str(tmp_path / "state")
+    with Snaptree(state) as api:
+        api.create_group("vm", [f"raw:{p}" for p in disks])
+    result = run_cli(["create", "vm", "a"], state,
+                     env={"SNAPTREE_INTERRUPT_AT_LABEL": "backend:snapshot:raw:after"})
+    assert result.returncode == 130
+    assert "no operation was left unfinished" in result.stderr
+    assert not _journal_open(state)
+    for disk in disks:
+        assert not (disk.parent / f".{disk.name}.snaptree").exists()
+    with Snaptree(state) as api:
+        assert api.list("vm") == [] and api.check("vm").clean
+
+
+def test_ctrl_c_in_a_delete_leaves_it_for_recover_to_finish(tmp_path, disks):
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    result = run_cli(["delete", "vm", "a"], state,
+                     env={"SNAPTREE_INTERRUPT_AT_LABEL": "backend:delete:raw:after"})
+    assert result.returncode == 130
+    assert "delete of 'a' in group 'vm' was cut short" in result.stderr
+    assert "'snaptree recover vm' finishes the delete" in result.stderr
+    result = run_cli(["recover", "vm"], state)
+    assert result.returncode == 0, result.stderr
+    with Snaptree(state) as api:
+        assert [s.name for s in api.list("vm")] == ["b"] and api.check("vm").clean
