@@ -315,8 +315,11 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
         report = api.check(args.group)
         data = report.as_dict()
         lines = [f"group {args.group!r}: {'clean' if report.clean else 'DRIFT'}"]
-        for kind in ("missing", "orphans", "invalid", "unfinished", "empty", "unreadable",
-                     "foreign"):
+        lines += [f"  interrupted: {e['operation']} of {e['snapshot']!r} begun {e['started']} was "
+                  f"cut short; the volumes may not match the catalog until '{e['fix']}'"
+                  for e in data["interrupted"]]
+        for kind in ("unclaimed", "missing", "orphans", "invalid", "unfinished", "empty",
+                     "unreadable", "foreign"):
             for item in data[kind]:
                 lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in item.items()))
         out.emit(data, lines)

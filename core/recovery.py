@@ -8,6 +8,8 @@ lock is held are skipped: a held lock means a live process is working there.
 
 from __future__ import annotations
 
+import shlex
+import time
 from typing import Any
 
 import attrs
@@ -15,7 +17,7 @@ import attrs
 from .boot import boot_id
 from .coordinator import Coordinator, batches_for
 from .errors import SnaptreeError
-from .locking import try_group_lock
+from .locking import group_lock, try_group_lock
 from .model import Group, MemberSnapshot, RevertFailed, SnapshotState
 
 __all__ = ["recover", "recover_held", "check", "needs_recovery", "RecoveryReport",
@@ -50,11 +52,16 @@ class DriftReport:
     #: complete snapshots with no member left ('group remove --forget-members'
     #: dropped them all): nothing to revert to, only to delete
     empty: list[dict[str, str]] = attrs.field(factory=list)
+    #: operations a crash or an interrupt cut short (open journal entries):
+    #: the volumes may not match the catalog until 'snaptree recover' ran
+    interrupted: list[dict[str, str]] = attrs.field(factory=list)
+    #: volumes of the group their backend no longer finds or accepts, with the reason
+    unclaimed: list[dict[str, str]] = attrs.field(factory=list)
 
     @property
     def clean(self) -> bool:
         return not (self.missing or self.orphans or self.invalid or self.unfinished
-                    or self.unreadable or self.empty)
+                    or self.unreadable or self.empty or self.interrupted or self.unclaimed)
 
     def as_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -248,8 +255,47 @@ def _redo_revert(coord: Coordinator, group: Group, snap, *, disks_only: bool = F
 
 
 def check(coord: Coordinator, group_name: str) -> DriftReport:
-    group = coord.group(group_name)
+    """Compare ``group_name``'s catalog entries with its storage.
+
+    Read under the group's lock (waiting for it as long as any operation
+    does, then :class:`~snaptree.errors.Busy`): an operation in progress
+    shows half-done state that is no drift.  What a crash or an interrupt
+    left unfinished is drift until ``recover`` ran; check itself never
+    recovers anything.
+    """
+    coord.group(group_name)  # no lock file for a group that does not exist
+    with group_lock(coord.state_dir, group_name, coord.lock_timeout):
+        return _check_locked(coord, coord.group(group_name))
+
+
+def _unclaimed(coord: Coordinator, volume) -> str | None:
+    """Why ``volume``'s backend no longer claims it (as prepare would), or None."""
+    try:
+        claims = [v for v in coord.hook.snaptree_claim_volume(
+            backend=volume.backend, locator=volume.locator) if v is not None]
+    except SnaptreeError as err:
+        return err.one_line()
+    if not claims:
+        return f"no plugin claims volume {volume.spec}"
+    if all(v.spec != volume.spec for v in claims):
+        return f"its backend now names it {claims[0].spec}"
+    return None
+
+
+def _describe_open(catalog, entry) -> dict[str, str]:
+    snap = catalog.get_snapshot_by_id(entry["snapshot_id"] or "")
+    name = snap.name if snap is not None else entry["payload"].get("name")
+    return {"operation": entry["operation"],
+            "snapshot": name if name else (entry["snapshot_id"] or ""),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["started"])),
+            "fix": f"snaptree recover {shlex.quote(entry['group_name'])}"}
+
+
+def _check_locked(coord: Coordinator, group: Group) -> DriftReport:
+    group_name = group.name
     report = DriftReport(group=group_name)
+    report.interrupted = [_describe_open(coord.catalog, e)
+                          for e in coord.catalog.journal_open(group_name)]
     snaps = coord.catalog.list_snapshots(group_name)
     for snap in snaps:
         if snap.state is not SnapshotState.COMPLETE:
@@ -260,6 +306,13 @@ def check(coord: Coordinator, group_name: str) -> DriftReport:
     for volume in group.volumes:
         try:
             coord.plugins.backend(volume.backend)  # else nothing answers: not "nothing there"
+        except SnaptreeError as err:
+            report.unreadable.append({"volume": volume.spec, "error": err.one_line()})
+            continue
+        gone = _unclaimed(coord, volume)
+        if gone is not None:
+            report.unclaimed.append({"volume": volume.spec, "error": gone})
+        try:
             listed = list(coord.hook.snaptree_list(backend=volume.backend, volume=volume) or ())
         except SnaptreeError as err:
             report.unreadable.append({"volume": volume.spec, "error": err.one_line()})
