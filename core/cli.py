@@ -17,7 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from .api import KEEP, Snaptree
-from .errors import InvalidInput, SnaptreeError, StateError
+from .errors import Busy, InvalidInput, SnaptreeError, StateError
 from .progress import ProgressBar
 from .render import group_dict, snapshot_dict, tree_lines, when
 
@@ -327,15 +327,21 @@ def _run(args: argparse.Namespace, api: Snaptree, out: Output) -> int:
     if cmd == "recover":
         report = api.recover(args.group)
         lines = list(report.actions)
-        lines += [f"skipped busy group {g!r}" for g in report.skipped_groups]
-        if not lines and not report.errors:
+        if not lines and not report.errors and not report.skipped_groups:
             lines = ["nothing to recover"]
         out.emit(report.as_dict(), lines)
-        for error in report.errors:  # stderr, one line each, as every error
+        errors = list(report.errors) + [
+            f"group {g!r} is busy: another snaptree operation holds its lock, so it was not "
+            f"recovered; run 'snaptree recover {shlex.quote(g)}' once that is done"
+            for g in report.skipped_groups]
+        for error in errors:  # stderr, one line each, as every error
             print(f"snaptree: error: {' '.join(error.split())}", file=sys.stderr)
         # what recover could not finish stays interrupted: the same status
-        # as any other command refused for it (StateError)
-        return StateError.exit_code if report.errors else 0
+        # as any other command refused for it (StateError); a group left
+        # alone because it was busy is Busy, as for any other command
+        if report.errors:
+            return StateError.exit_code
+        return Busy.exit_code if report.skipped_groups else 0
     if cmd == "backends":
         rows = api.backends()
         lines = []

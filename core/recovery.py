@@ -87,7 +87,9 @@ def recover(coord: Coordinator, group_name: str | None = None) -> RecoveryReport
             continue
         with try_group_lock(coord.state_dir, name) as taken:
             if not taken:
-                if catalog.has_open_journal(name):
+                # a group asked for by name is always said to be skipped;
+                # of all groups, only those with something left to recover
+                if group_name or catalog.has_open_journal(name):
                     report.skipped_groups.append(name)
                 continue
             _recover_or_report(coord, group, report)

@@ -4,6 +4,7 @@ back to a known state is refused, not worked on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -315,3 +316,32 @@ def test_ctrl_c_in_a_delete_leaves_it_for_recover_to_finish(tmp_path, disks):
     assert result.returncode == 0, result.stderr
     with Snaptree(state) as api:
         assert [s.name for s in api.list("vm")] == ["b"] and api.check("vm").clean
+
+
+def test_recover_of_a_busy_group_is_busy(tmp_path, disks):
+    """A group recover had to leave alone is exit 5, named or among all."""
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    _revert_killed_after_first_disk(state, disks)
+    with group_lock(state, "vm"):  # another operation works on the group
+        named = run_cli(["recover", "vm"], state)
+        every = run_cli(["recover"], state)
+        quiet = run_cli(["recover", "vm", "--json"], state)
+    for result in (named, every, quiet):
+        assert result.returncode == Busy.exit_code, result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "group 'vm' is busy" in result.stderr and "'snaptree recover vm'" in result.stderr
+    assert "nothing to recover" not in named.stdout + every.stdout
+    assert json.loads(quiet.stdout)["skipped_groups"] == ["vm"]
+    assert (disks[0].read_bytes(), disks[1].read_bytes()) == (A, Z)  # untouched
+    done = run_cli(["recover"], state)
+    assert done.returncode == 0 and "finished reverting to 'a'" in done.stdout
+
+
+def test_recover_of_a_busy_group_with_nothing_open_is_busy_when_named(tmp_path, disks):
+    state = str(tmp_path / "state")
+    _two_snapshots(state, disks)
+    with group_lock(state, "vm"):
+        assert run_cli(["recover", "vm"], state).returncode == Busy.exit_code
+        every = run_cli(["recover"], state)  # nothing of vm's was left to recover
+    assert every.returncode == 0 and every.stdout == "nothing to recover\n"
