@@ -89,6 +89,10 @@ _MIGRATIONS = {
 }
 
 
+#: the largest integer SQLite stores
+_SQLITE_MAX_INT = 2**63 - 1
+
+
 class JournalEntry(dict):
     """A journal row as a dict (op_id, group_name, operation, snapshot_id, ...)."""
 
@@ -475,6 +479,8 @@ class Catalog:
         if group is not None:
             sql += " WHERE group_name=?"
             args = (group,)
+        if limit > _SQLITE_MAX_INT:
+            limit = -1  # SQLite's "no limit"; a bigger number would overflow its integer
         rows = self.conn.execute(sql + " ORDER BY op_id DESC LIMIT ?", args + (limit,)).fetchall()
         out = []
         for row in rows:

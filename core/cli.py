@@ -44,7 +44,7 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snaptree", description=(
+    parser = _Parser(prog="snaptree", description=(
         "Point-in-time snapshots of VM disks and volumes, through pluggable backends."))
     parser.add_argument("--state-dir", help="catalog directory (default: $SNAPTREE_STATE_DIR, "
                         "/var/lib/snaptree as root, else ~/.local/state/snaptree)")
@@ -379,26 +379,36 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: the largest count an option takes: far above any group's snapshots or
+#: journal, far below what SQLite or a C long would overflow at
+MAX_COUNT = 1_000_000
+
+
+def _number(text: str, least: int) -> int:
+    """``text`` as a whole number from ``least`` to :data:`MAX_COUNT`, in ASCII digits."""
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 16 else None
+    if value is None or not least <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from {least} to {MAX_COUNT}")
+    return value
+
+
 def _whole(text: str) -> int:
     """A count of 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
-    return value
+    return _number(text, 0)
 
 
 def _count(text: str) -> int:
     """A count of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
+    return _number(text, 1)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors said in one line like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        flat = " ".join(message.split())
+        self.exit(2, f"snaptree: error: {flat} (see '{self.prog} --help')\n")
 
 
 #: what each operation an interrupt cut short left, and what ``recover`` does with it

@@ -126,13 +126,51 @@ def test_module_entry_point_runs(env):
 
 @pytest.mark.parametrize("args", [["--wait", "nan", "list", "vm"], ["--wait", "-1", "list", "vm"],
                                   ["--wait", "inf", "list", "vm"], ["journal", "--limit", "-1"],
-                                  ["journal", "--limit", "0"]])
+                                  ["journal", "--limit", "0"],
+                                  ["journal", "--limit", "99999999999999999999"],
+                                  ["journal", "--limit", "1000001"],
+                                  ["journal", "--limit", "\u0663"],  # an Arabic-Indic three
+                                  ["journal", "--limit", "1_0"],
+                                  ["prune", "vm", "--keep", "99999999999999999999"],
+                                  ["prune", "vm", "--keep", "9" * 5000]])
 def test_numbers_out_of_range_are_exit_2(capsys, env, args):
     state, _ = env
     with pytest.raises(SystemExit) as exc:
         main(["--state-dir", str(state), *args])
     assert exc.value.code == 2
-    assert "is not a" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not a" in err and err.count("\n") == 1 and err.startswith("snaptree: error: ")
+
+
+def test_the_biggest_counts_are_taken(capsys, env):
+    state, disk = env
+    st(capsys, state, "group", "create", "vm", f"raw:{disk}")
+    st(capsys, state, "create", "vm", "a")
+    code, out, _ = st(capsys, state, "journal", "--limit", "1000000", "--json")
+    assert code == 0 and len(json.loads(out)) == 1
+    assert st(capsys, state, "prune", "vm", "--keep", "1000000")[:2] == (0, "nothing to delete\n")
+
+
+def test_the_api_journal_takes_any_limit(env):
+    state, disk = env
+    from snaptree import Snaptree
+    with Snaptree(str(state)) as api:
+        api.create_group("vm", [f"raw:{disk}"])
+        assert len(api.journal(limit=10**30)) == 0 and len(api.journal("vm", 10**30)) == 0
+
+
+@pytest.mark.parametrize("args", [[], ["create"], ["group"], ["group", "bogus"], ["revert", "vm"],
+                                  ["list", "vm", "--bogus"], ["create", "vm", "--mode", "foo"],
+                                  ["--wait"], ["journal", "--limit"]])
+def test_command_line_errors_are_one_line(capsys, env, args):
+    state, _ = env
+    with pytest.raises(SystemExit) as exc:
+        main(["--state-dir", str(state), *args])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("snaptree: error: ") and "usage:" not in err
+    assert err.rstrip().endswith("--help')")
 
 
 def test_an_empty_state_dir_is_refused_not_replaced_by_the_default(capsys, env, monkeypatch):
