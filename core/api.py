@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -12,7 +13,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
-from .errors import (Conflict, InvalidInput, NotFound, PermissionDenied, PluginError, SnapshotNotFound,
+from .footprints import Places
+from .locking import group_lock
+from .errors import (Busy, Conflict, InvalidInput, NotFound, PermissionDenied, PluginError, SnapshotNotFound,
                      SnaptreeError, StateError, VolumeNotFound)
 from .model import BackendInfo, Group, Snapshot, SnapshotState, SpaceUsage, Volume
 from .names import check_abs_path, check_description, check_name, split_spec
@@ -25,6 +28,9 @@ from . import vm
 __all__ = ["Snaptree"]
 
 CATALOG_FILE = "catalog.sqlite"
+#: the lock ``group create`` and ``group add`` hold while they check and
+#: register volumes (NUL cannot occur in a group name, so no group has it)
+REGISTRY_LOCK = "\x00volume-registry"
 
 
 #: :meth:`Snaptree.set_group`: leave the QMP socket as it is
@@ -115,7 +121,7 @@ class Snaptree:
         check_name(name, "group name")
         if not volume_specs:
             raise InvalidInput("a group needs at least one volume")
-        volumes = self._claim_free(volume_specs)
+        volumes = self._claim_all(volume_specs)
         if qmp_socket is not None:
             qmp_socket = check_abs_path(qmp_socket, "QMP socket")
         options = _checked_options(options)
@@ -123,27 +129,90 @@ class Snaptree:
             raise Conflict(f"group {name!r} already exists")
         group = Group(name=name, volumes=tuple(volumes), qmp_socket=qmp_socket,
                       options=options, created=time.time())
-        try:
-            self.catalog.add_group(group)
-        except Exception as err:
-            if isinstance(err.__cause__, sqlite3.IntegrityError) or isinstance(err, sqlite3.IntegrityError):
-                raise Conflict(f"group {name!r} or one of its volumes is already registered") from err
-            raise
+        with self._registering():
+            self._refuse_taken(name, volumes)
+            try:
+                self.catalog.add_group(group)
+            except Exception as err:
+                if isinstance(err.__cause__, sqlite3.IntegrityError) or isinstance(err, sqlite3.IntegrityError):
+                    raise Conflict(f"group {name!r} or one of its volumes is already registered") from err
+                raise
         return self.catalog.get_group(name)
 
-    def _claim_free(self, volume_specs: Sequence[str]) -> list[Volume]:
-        """Claim each spec; refuse one listed twice or already in a group."""
+    def _claim_all(self, volume_specs: Sequence[str]) -> list[Volume]:
+        """Claim each spec; refuse one listed twice or holding snaptree's state."""
         volumes: list[Volume] = []
         for spec in volume_specs:
             volume = self.claim(spec)
             self._refuse_own_state(volume)
             if volume in volumes:
                 raise InvalidInput(f"volume {volume.spec} is listed twice")
+            volumes.append(volume)
+        return volumes
+
+    @contextlib.contextmanager
+    def _registering(self) -> Iterator[None]:
+        """Hold the lock under which volumes are checked and registered: two
+        callers adding overlapping volumes at once cannot both pass
+        :meth:`_refuse_taken`."""
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(group_lock(self.state_dir, REGISTRY_LOCK,
+                                          self.coordinator.lock_timeout))
+        except Busy:
+            raise Busy("another snaptree is adding volumes to a group (it holds the volume "
+                       "registry's lock); try again") from None
+        with held:
+            yield
+
+    def _refuse_taken(self, group_name: str, volumes: Sequence[Volume]) -> None:
+        """Refuse a volume already in a group, or whose storage overlaps that
+        of a registered volume (any group) or of another of ``volumes``: the
+        same file or device, one inside the other's tree or snapshot storage.
+        A revert of one would destroy the other's data or snapshots.  Call
+        under :meth:`_registering`."""
+        for volume in volumes:
             owner = self.catalog.volume_owner(volume.spec)
             if owner is not None:
                 raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
-            volumes.append(volume)
-        return volumes
+        registered = [(group.name, volume) for group in map(self.catalog.get_group,
+                                                            self.catalog.group_names())
+                      if group is not None for volume in group.volumes]
+        places = Places()
+        footprints: dict[Volume, Sequence[str] | None] = {}
+        for index, volume in enumerate(volumes):
+            mine = footprints[volume] = self._footprint(volume)
+            if not mine:
+                continue  # the backend does not say: its spec was compared above
+            for owner, other in registered + [(group_name, v) for v in volumes[:index]]:
+                if other not in footprints:
+                    footprints[other] = self._footprint(other)
+                theirs = footprints[other]
+                how = places.overlap(mine, theirs) if theirs else None
+                if how is not None:
+                    raise Conflict(
+                        f"volume {volume.spec} (group {group_name!r}) overlaps volume "
+                        f"{other.spec} of group {owner!r} ({how}): a revert of either would "
+                        "destroy the other's data or snapshots")
+
+    def _footprint(self, volume: Volume) -> Sequence[str] | None:
+        """The paths ``volume`` and its snapshots occupy, or ``None`` when its
+        backend does not say (or is not installed)."""
+        try:
+            paths = self.plugins.hook.snaptree_volume_footprint(backend=volume.backend,
+                                                                volume=volume)
+        except SnaptreeError:
+            raise
+        except Exception as err:
+            raise PluginError(f"backend {volume.backend!r} cannot say where volume "
+                              f"{volume.spec} lies: {type(err).__name__}: {err}") from err
+        if paths is None:
+            return None
+        if isinstance(paths, str) or not all(isinstance(p, str) and os.path.isabs(p)
+                                             for p in paths):
+            raise PluginError(f"backend {volume.backend!r} answered snaptree_volume_footprint "
+                              f"for {volume.spec} with {paths!r}, not a list of absolute paths")
+        return list(paths)
 
     def add_volumes(self, name: str, volume_specs: Sequence[str]) -> Group:
         """Add volumes to a group (a disk the VM got).
@@ -155,9 +224,10 @@ class Snaptree:
         if not volume_specs:
             raise InvalidInput("name at least one volume to add")
         self.group(name)
-        volumes = self._claim_free(volume_specs)
-        with self.coordinator.locked(name, "group-add"):
+        volumes = self._claim_all(volume_specs)
+        with self.coordinator.locked(name, "group-add"), self._registering():
             self.group(name)
+            self._refuse_taken(name, volumes)
             try:
                 self.catalog.add_volumes(name, volumes)
             except sqlite3.IntegrityError as err:  # claimed by another group meanwhile

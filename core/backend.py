@@ -65,6 +65,12 @@ class VolumeBackend:
         """The file or device a VM opens for ``volume`` now (the locator by default)."""
         return volume.locator
 
+    def footprint(self, volume: Volume) -> list[str] | None:
+        """The paths ``volume`` and its snapshots occupy, its own first;
+        ``None`` (the default) leaves overlaps unchecked.  See
+        :func:`snaptree.hookspecs.snaptree_volume_footprint`."""
+        return None
+
     # -- the hooks ------------------------------------------------------------
 
     def _mine(self, backend: str) -> bool:
@@ -124,6 +130,13 @@ class VolumeBackend:
         if not self._mine(backend):
             return None
         return self.volume_path(volume)
+
+    @hookimpl
+    def snaptree_volume_footprint(self, backend, volume):
+        if not self._mine(backend):
+            return None
+        paths = self.footprint(volume)
+        return None if paths is None else list(paths)
 
     @hookimpl
     def snaptree_recover_volume(self, backend, volume):

@@ -266,6 +266,36 @@ def snaptree_volume_path(backend: str, volume: Volume) -> str | None:
 
 
 @hookspec(firstresult=True)
+def snaptree_volume_footprint(backend: str, volume: Volume) -> Sequence[str] | None:
+    """Name the paths that ``volume`` and its snapshots occupy.
+
+    ``group create`` and ``group add`` refuse a volume whose storage
+    overlaps a registered volume's, in any group: the same file or device
+    (also through a symlink, a hard link or a bind mount), one inside the
+    other's tree, or one inside the other's snapshot storage.  A revert of
+    one would otherwise destroy the other's data or snapshots.  snaptree
+    does the comparison; you only say where things are.
+
+    Put first the path of the volume itself (the image file, the
+    subvolume, the device node), then every place its snapshots and
+    temporary objects live (a snapshot folder, a revert's temporary name),
+    whether they exist yet or not.  A path stands for itself and, for a
+    directory, everything below it.  Work from the locator alone, without
+    running commands: this is asked of every registered volume, including
+    ones that are gone.
+
+    Optional: without an answer, a volume is only compared with the others
+    by its spec.
+
+    Stops at first non-None result.
+
+    :param backend: backend name; return ``None`` if it is not yours.
+    :param volume: a claimed volume, or one registered in a group.
+    :returns: absolute paths, the volume's own first.
+    """
+
+
+@hookspec(firstresult=True)
 def snaptree_recover_volume(backend: str, volume: Volume) -> Sequence[str] | None:
     """Finish or clean up backend-private leftovers on ``volume``.
 

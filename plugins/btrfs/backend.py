@@ -139,6 +139,11 @@ class BtrfsBackend(VolumeBackend):
                                "by renaming it, so give a subvolume inside a mounted btrfs")
         return path
 
+    def footprint(self, volume):
+        # the subvolume's whole tree: a file in it is lost with its revert
+        return [volume.locator, snapshot_dir(volume.locator), revert_temp(volume.locator),
+                _old_revert_temp(volume.locator)]
+
     def prepare(self, operation, volumes, ctx):
         for volume in volumes:
             self._subvolume(volume.locator)  # not claim(): its name rule is for new volumes

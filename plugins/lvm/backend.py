@@ -30,7 +30,7 @@ from snaptree.markers import hookimpl
 
 from . import mapping
 from .lvmcmd import LvInfo, LvmCommands
-from .names import match_snapshot_lv, parse_locator, snapshot_lv_name
+from .names import made_from, match_snapshot_lv, parse_locator, snapshot_lv_name
 from .revert import (
     SNAPSHOT_TAG,
     activate_marked,
@@ -107,6 +107,11 @@ class LvmBackend(VolumeBackend):
 
     def claim(self, locator):
         vg, lv = parse_locator(locator)
+        origin = made_from(lv)
+        if origin is not None:
+            # its origin's delete or revert would remove or replace it
+            raise InvalidInput(f"lvm: {vg}/{lv} is named as snaptree names what it makes of "
+                               f"{vg}/{origin}; snapshot {vg}/{origin} instead")
         info = self._origin(vg, lv)
         if info.is_thick_snapshot:
             raise InvalidInput(f"lvm: {vg}/{lv} is a snapshot; snapshot its origin instead")
@@ -117,6 +122,11 @@ class LvmBackend(VolumeBackend):
     def volume_path(self, volume):
         vg, lv = parse_locator(volume.locator, room=False)
         return f"/dev/{vg}/{lv}"
+
+    def footprint(self, volume):
+        # the device node; snapshot LVs are siblings named <lv>.snaptree.<id>,
+        # which claim refuses as volumes
+        return [self.volume_path(volume)]
 
     def prepare(self, operation, volumes, ctx):
         check_snapshot_size(ctx.option("lvm.snapshot_size", DEFAULT_SNAPSHOT_SIZE))

@@ -22,6 +22,7 @@ __all__ = [
     "revert_temp_name",
     "revert_old_name",
     "match_snapshot_lv",
+    "made_from",
     "generated_names",
     "SNAPSHOT_SUFFIX_LENGTH",
 ]
@@ -171,4 +172,14 @@ def match_snapshot_lv(lv: str, name: str, kind: str = "snaptree") -> str | None:
     """The snapshot id if ``name`` is a ``kind`` LV of ``lv`` (kinds: snaptree,
     snaptree-new, snaptree-old), else ``None``."""
     match = re.fullmatch(re.escape(lv) + r"\." + re.escape(kind) + r"\.([0-9a-f]{16})", name)
+    return match[1] if match else None
+
+
+_MADE_NAME = re.compile(r"(.+)\.snaptree(?:-new|-old)?\.[0-9a-f]{16}")
+
+
+def made_from(lv: str) -> str | None:
+    """The LV whose snapshot (or thin revert's temporary) snaptree named
+    ``lv``, or ``None`` for a name snaptree does not make."""
+    match = _MADE_NAME.fullmatch(lv)
     return match[1] if match else None

@@ -127,6 +127,10 @@ class Qcow2Backend(VolumeBackend):
             raise InvalidInput(f"{path} is a {image_format} image, not qcow2")
         return Volume("qcow2", path)
 
+    def footprint(self, volume):
+        # overlays, the 'active' note and memory files all live in the folder
+        return [volume.locator, snapshot_dir(volume.locator)]
+
     def prepare(self, operation, volumes, ctx):
         # Every operation, live or not, reads the chains with qemu-img: refuse
         # before the coordinator journals anything.

@@ -64,6 +64,10 @@ class RawBackend(VolumeBackend):
         check_room_beside(path, [snapshot_dir(path), _revert_temp(path)], "raw")
         return Volume("raw", path)
 
+    def footprint(self, volume):
+        return [volume.locator, snapshot_dir(volume.locator), _revert_temp(volume.locator),
+                _old_revert_temp(volume.locator)]
+
     def prepare(self, operation, volumes, ctx):
         for volume in volumes:
             self.claim(volume.locator)
