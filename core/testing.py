@@ -31,6 +31,7 @@ import pytest
 
 from . import Snaptree, hookimpl
 from .errors import Conflict, InvalidInput, NotFound, SnaptreeError, SnapshotNotFound
+from .footprints import Places
 
 __all__ = ["BackendContract", "VolumeHandle", "INVALID_NAMES", "run_cli", "forget_unsynced_creates"]
 
@@ -224,6 +225,29 @@ class BackendContract:
         self._group(api, [vol], "first")
         with pytest.raises(Conflict):
             self._group(api, [vol], "second")
+
+    def test_footprint_holds_the_volume_and_its_snapshots(self, api, make_volume):
+        vol = make_volume()
+        volume = api.claim(vol.spec)
+        footprint = api.plugins.hook.snaptree_volume_footprint(backend=volume.backend,
+                                                              volume=volume)
+        if footprint is None:
+            pytest.skip("the backend gives no snaptree_volume_footprint (optional): "
+                        "its volumes are compared by spec only")
+        assert footprint and all(isinstance(p, str) and p.startswith("/") for p in footprint), \
+            "snaptree_volume_footprint gives absolute paths, the volume's own first"
+        group = self._group(api, [vol])
+        for seed in (40, 41):
+            vol.fill(seed)
+            api.create(group, f"f{seed}")
+        vm_path = api.plugins.hook.snaptree_volume_path(backend=volume.backend, volume=volume)
+        # storage named by a path (a file, a folder, a device) must lie in the footprint
+        held = [vm_path] + [m.ref for m in self._stored(api, vol)
+                            if m.ref.startswith("/") and os.path.lexists(m.ref)]
+        places = Places()
+        for path in held:
+            assert places.overlap([path], footprint), \
+                f"{path} lies outside the footprint {footprint}"
 
     def test_missing_volume_refused(self, api, make_volume):
         vol = make_volume()

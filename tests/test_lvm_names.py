@@ -10,6 +10,7 @@ from snaptree_lvm.backend import check_snapshot_size
 from snaptree_lvm.lvmcmd import LvmCommands
 from snaptree_lvm.names import (
     generated_names,
+    made_from,
     match_snapshot_lv,
     parse_locator,
     revert_old_name,
@@ -41,6 +42,9 @@ BAD_LOCATORS = [
     "vg/" + "l" * 120,         # too long once a snapshot suffix is added
     "rv/" + "b" * 93,          # the thin revert's temporary would be "rv/...": 128, too long
     "rv/" + "a-" * 31,         # fits only while device-mapper's doubled hyphens are ignored
+    "vg/disk.snaptree.0123456789abcdef",      # what snaptree makes of vg/disk: its delete or
+    "vg/disk.snaptree-new.0123456789abcdef",  # revert removes or replaces it, so it is no
+    "vg/disk.snaptree-old.0123456789abcdef",  # volume of its own
 ]
 
 
@@ -80,6 +84,23 @@ def test_snapshot_names_round_trip():
     assert match_snapshot_lv("disk", nested) is None
     with pytest.raises(InvalidInput):
         snapshot_lv_name("disk", "../../x")
+
+
+def test_what_snaptree_makes_of_an_lv_is_known_by_its_name():
+    some_id = "0123456789abcdef"
+    assert made_from(snapshot_lv_name("disk", some_id)) == "disk"
+    assert made_from(revert_old_name("disk.x", some_id)) == "disk.x"
+    assert made_from("disk.snaptree") is None
+    assert made_from("disk.snaptree.0123") is None
+    assert made_from("disk") is None
+
+
+def test_footprint_is_the_device_node(backend):
+    from snaptree import Volume
+    assert backend.snaptree_volume_footprint(backend="lvm", volume=Volume("lvm", "vg0/disk")) \
+        == ["/dev/vg0/disk"]
+    assert backend.snaptree_volume_footprint(backend="raw", volume=Volume("lvm", "vg0/disk")) is None
+    assert backend.commands.runner.calls == 0, "a footprint runs no command"
 
 
 @pytest.mark.parametrize("good", ["20%ORIGIN", "100%ORIGIN", "1%ORIGIN", "512M", "1.5g", "4096k"])
