@@ -61,7 +61,7 @@ def test_bad_counts(capsys, five, keep):
     state, _ = five
     with pytest.raises(SystemExit) as exited:
         st(capsys, state, "prune", "vm", "--keep", keep)
-    assert exited.value.code == 2 and "whole number of 0 or more" in capsys.readouterr().err
+    assert exited.value.code == 2 and "whole number from 0 to" in capsys.readouterr().err
     with Snaptree(str(state)) as api:
         assert len(api.list("vm")) == 5
         with pytest.raises(InvalidInput):
