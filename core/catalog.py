@@ -9,6 +9,7 @@ one short transaction per write, every write a crash checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -21,6 +22,7 @@ import attrs
 from . import faults
 from .errors import CatalogCorrupt, PermissionDenied, StateError
 from .model import Group, MemberSnapshot, MemoryState, Snapshot, SnapshotState, Volume
+from .names import normal_name
 
 __all__ = ["Catalog", "SCHEMA_VERSION", "JournalEntry"]
 
@@ -93,6 +95,21 @@ _MIGRATIONS = {
 _SQLITE_MAX_INT = 2**63 - 1
 
 
+#: a name holding other than ASCII (only such a name can have another spelling)
+_NOT_ASCII = "length({0}) <> length(CAST({0} AS BLOB))"
+
+
+def _by_group(method):
+    """Read the method's first argument, a group name, as the name the catalog
+    holds that group under (see :meth:`Catalog.stored_group_name`)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if args and args[0] is not None:
+            args = (self.stored_group_name(args[0]),) + args[1:]
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 class JournalEntry(dict):
     """A journal row as a dict (op_id, group_name, operation, snapshot_id, ...)."""
 
@@ -118,6 +135,7 @@ class Catalog:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.create_function("snaptree_nfc", 1, normal_name, deterministic=True)
             self._migrate()
         except sqlite3.DatabaseError as err:
             raise CatalogCorrupt(f"cannot open catalog {path}: {err}") from err
@@ -215,8 +233,27 @@ class Catalog:
 
     # -- groups ---------------------------------------------------------------
 
+    def stored_group_name(self, name: str) -> str:
+        """The name the catalog holds group ``name`` under, else ``name``.
+
+        Names are compared in their :func:`~snaptree.names.normal_name`
+        form: a group stored under another spelling of the same name (by
+        a snaptree that did not normalise) is found by either.
+        """
+        if self.conn.execute("SELECT 1 FROM groups WHERE name=?", (name,)).fetchone():
+            return name
+        row = self.conn.execute(
+            f"SELECT name FROM groups WHERE name=?1 OR ({_NOT_ASCII.format('name')}"
+            " AND snaptree_nfc(name)=?1) ORDER BY name=?1 DESC, rowid LIMIT 1",
+            (normal_name(name),)).fetchone()
+        return row[0] if row else name
+
     def add_group(self, group: Group) -> None:
+        """Add ``group`` under its name's normal form; IntegrityError if it is taken."""
+        group = attrs.evolve(group, name=normal_name(group.name))
         with self.write("group-create") as db:
+            if self.has_group(group.name):  # under this or another spelling
+                raise sqlite3.IntegrityError(f"group {group.name!r} exists")
             db.execute(
                 "INSERT INTO groups (name, qmp_socket, options, created) VALUES (?,?,?,?)",
                 (group.name, group.qmp_socket, json.dumps(dict(group.options)), group.created))
@@ -228,9 +265,11 @@ class Catalog:
     def group_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM groups ORDER BY name")]
 
+    @_by_group
     def has_group(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM groups WHERE name=?", (name,)).fetchone() is not None
 
+    @_by_group
     def get_group(self, name: str) -> Group | None:
         row = self.conn.execute(
             "SELECT g.rowid, g.created, g.qmp_socket, g.options, g.current_id, s.name, g.revision"
@@ -260,6 +299,7 @@ class Catalog:
             self._definitions[key] = defined
         return attrs.evolve(defined, current=row[5] if row[4] else None, current_id=row[4])
 
+    @_by_group
     def add_volumes(self, name: str, volumes) -> None:
         """Append ``volumes`` to group ``name``."""
         with self.write("group-add") as db:
@@ -273,6 +313,7 @@ class Catalog:
                     (volume.spec, name, volume.backend, volume.locator, position, joined))
             db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
 
+    @_by_group
     def remove_volumes(self, name: str, specs) -> None:
         """Take the volumes ``specs`` out of group ``name``, and the members its
         snapshots hold on them out of the catalog."""
@@ -283,12 +324,14 @@ class Catalog:
                 db.execute("DELETE FROM volumes WHERE group_name=? AND spec=?", (name, spec))
             db.execute("UPDATE groups SET revision = revision + 1 WHERE name=?", (name,))
 
+    @_by_group
     def members_on(self, group: str, spec: str) -> list[tuple[str, str]]:
         """``(snapshot name, member ref)`` of each member ``group``'s snapshots hold on ``spec``."""
         return [(r[0], r[1]) for r in self.conn.execute(
             "SELECT s.name, m.ref FROM snapshots s JOIN members m ON m.snapshot_id = s.snapshot_id"
             " WHERE s.group_name=? AND m.spec=? ORDER BY s.created", (group, spec))]
 
+    @_by_group
     def update_group(self, name: str, qmp_socket: str | None, options: dict[str, Any]) -> None:
         """Give group ``name`` another QMP socket and options (volumes stay)."""
         with self.write("group-set") as db:
@@ -307,6 +350,7 @@ class Catalog:
         low = self._epoch_key(group)
         return low, low + "\x7f"
 
+    @_by_group
     def intent_epochs(self, group: str) -> dict[str, str]:
         """Snapshot-id prefix -> boot id of each epoch of unsynced creates of ``group``."""
         low, high = self._epoch_bounds(group)
@@ -314,9 +358,11 @@ class Catalog:
                                  (low, high))
         return {r[0][len(low):]: r[1] for r in rows}
 
+    @_by_group
     def add_intent_epoch(self, group: str, prefix: str, boot: str, db) -> None:
         db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (self._epoch_key(group, prefix), boot))
 
+    @_by_group
     def drop_intent_epoch(self, group: str, prefix: str, db) -> None:
         db.execute("DELETE FROM meta WHERE key=?", (self._epoch_key(group, prefix),))
 
@@ -324,15 +370,18 @@ class Catalog:
         row = self.conn.execute("SELECT group_name FROM volumes WHERE spec=?", (spec,)).fetchone()
         return row[0] if row else None
 
+    @_by_group
     def delete_group(self, name: str) -> None:
         with self.write("group-delete") as db:
             db.execute("DELETE FROM groups WHERE name=?", (name,))
             db.execute("DELETE FROM meta WHERE key > ? AND key < ?", self._epoch_bounds(name))
 
+    @_by_group
     def current_id(self, group: str) -> str | None:
         row = self.conn.execute("SELECT current_id FROM groups WHERE name=?", (group,)).fetchone()
         return row[0] if row else None
 
+    @_by_group
     def set_current(self, group: str, snapshot_id: str | None, db=None) -> None:
         if db is not None:
             db.execute("UPDATE groups SET current_id=? WHERE name=?", (snapshot_id, group))
@@ -394,21 +443,31 @@ class Catalog:
                         state=SnapshotState(row["state"]), members=members, memory=memory,
                         options=json.loads(row["options"]))
 
+    @_by_group
     def get_snapshot(self, group: str, name: str) -> Snapshot | None:
+        """Snapshot ``name`` of ``group``, under any spelling of the name
+        (:func:`~snaptree.names.normal_name`): the one spelled so first."""
         row = self.conn.execute("SELECT * FROM snapshots WHERE group_name=? AND name=?",
                                 (group, name)).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                f"SELECT * FROM snapshots WHERE group_name=?1 AND (name=?2 OR ("
+                f"{_NOT_ASCII.format('name')} AND snaptree_nfc(name)=?2))"
+                " ORDER BY name=?2 DESC, rowid LIMIT 1", (group, normal_name(name))).fetchone()
         return self._snapshot_from_row(row) if row else None
 
     def edit_snapshot(self, snapshot_id: str, name: str, description: str) -> None:
-        """Give a snapshot another name or description (nothing on storage names it)."""
+        """Give a snapshot another name (stored in its normal form) or
+        description (nothing on storage names it)."""
         with self.write("snapshot-edit") as db:
             db.execute("UPDATE snapshots SET name=?, description=? WHERE snapshot_id=?",
-                       (name, description, snapshot_id))
+                       (normal_name(name), description, snapshot_id))
 
     def get_snapshot_by_id(self, snapshot_id: str) -> Snapshot | None:
         row = self.conn.execute("SELECT * FROM snapshots WHERE snapshot_id=?", (snapshot_id,)).fetchone()
         return self._snapshot_from_row(row) if row else None
 
+    @_by_group
     def list_snapshots(self, group: str, states: tuple[SnapshotState, ...] | None = None) -> list[Snapshot]:
         rows = self.conn.execute(
             "SELECT * FROM snapshots WHERE group_name=? ORDER BY created, rowid", (group,)).fetchall()
@@ -428,6 +487,7 @@ class Catalog:
 
     # -- journal --------------------------------------------------------------
 
+    @_by_group
     def journal_begin(self, group: str, operation: str, snapshot_id: str | None,
                       payload: dict[str, Any], db) -> int:
         cur = db.execute(
@@ -443,12 +503,14 @@ class Catalog:
         db.execute("UPDATE journal SET status=?, finished=?, error=? WHERE op_id=?",
                    (status, time.time(), error, op_id))
 
+    @_by_group
     def has_open_journal(self, group: str) -> bool:
         """True when ``group`` has an unfinished operation (asked before each one)."""
         return self.conn.execute(
             "SELECT 1 FROM journal WHERE status='open' AND group_name=? LIMIT 1",
             (group,)).fetchone() is not None
 
+    @_by_group
     def journal_open(self, group: str | None = None) -> list[JournalEntry]:
         sql = "SELECT * FROM journal WHERE status='open'"
         args: tuple = ()
@@ -462,6 +524,7 @@ class Catalog:
             entries.append(entry)
         return entries
 
+    @_by_group
     def journal_last(self, group: str, operation: str, status: str) -> JournalEntry | None:
         """The newest journal entry of ``group`` for ``operation`` in ``status``."""
         row = self.conn.execute(
@@ -473,6 +536,7 @@ class Catalog:
         entry["payload"] = json.loads(entry["payload"])
         return entry
 
+    @_by_group
     def journal_tail(self, group: str | None = None, limit: int = 50) -> list[JournalEntry]:
         sql = "SELECT * FROM journal"
         args: tuple = ()

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shlex
+import sqlite3
 import sys
 from typing import Any, Sequence
 
@@ -430,7 +431,7 @@ def _left_open(api: Snaptree) -> str:
             return "no operation was left unfinished"
         entry = mine[-1]
         snap = api.catalog.get_snapshot_by_id(entry["snapshot_id"] or "")
-    except Exception:  # the interrupt is the news: say what is sure
+    except (SnaptreeError, sqlite3.Error, OSError):  # the interrupt is the news: say what is sure
         return "run 'snaptree recover' if an operation was cut short"
     group = entry["group_name"]
     name = snap.name if snap is not None else entry["payload"].get("name")

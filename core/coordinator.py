@@ -186,7 +186,7 @@ class Coordinator:
         if not self.catalog.has_group(group_name):
             raise GroupNotFound(f"no group named {group_name!r}")
         if name is not None:
-            check_name(name)
+            name = check_name(name)  # stored, and compared, in its normal form
         if not isinstance(description, str) or "\x00" in description or len(description) > 4096:
             raise InvalidInput("description must be text without NUL, at most 4096 characters")
         options = dict(options or {})
@@ -197,6 +197,7 @@ class Coordinator:
         # the journal entry is written.
         with self.locked(group_name, "create"):
             group = self.group(group_name)
+            group_name = group.name  # the catalog's spelling of it
             if name is None:
                 name = self._default_name(group_name)
             if memory and not group.qmp_socket:
@@ -377,6 +378,7 @@ class Coordinator:
         self.group(group_name)  # no lock file for a group that does not exist
         with self.locked(group_name, "revert"):
             group = self.group(group_name)
+            group_name = group.name  # the catalog's spelling of it
             snap = self.snapshot(group_name, name)
             if snap.state is not SnapshotState.COMPLETE:
                 raise Conflict(f"snapshot {name!r} is {snap.state.value}, not complete; "
@@ -502,6 +504,7 @@ class Coordinator:
                   else self.catalog.get_snapshot_by_id(snapshot_id))
         with self.locked(group_name, "delete"):
             group = self.group(group_name)
+            group_name = group.name  # the catalog's spelling of it
             if (before is not None and before.state is SnapshotState.DELETING
                     and self.catalog.get_snapshot_by_id(before.snapshot_id) is None):
                 return [before.name]  # a delete that had failed, finished as the lock was taken

@@ -15,13 +15,15 @@ import time
 from typing import Iterator
 
 from .errors import Busy, StateError
+from .names import normal_name
 
 __all__ = ["group_lock", "try_group_lock"]
 
 
 @functools.lru_cache(maxsize=256)  # asked at every operation, the same few each time
 def _lock_path(state_dir: str, group: str) -> str:
-    digest = hashlib.sha256(group.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # every spelling of one name (see snaptree.names.normal_name) shares the lock
+    digest = hashlib.sha256(normal_name(group).encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return os.path.join(state_dir, "locks", f"group-{digest}.lock")
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_NAME_LENGTH", "NAME_MAX", "check_name", "check_description", "split_spec",
+__all__ = ["MAX_NAME_LENGTH", "NAME_MAX", "check_name", "normal_name", "check_description", "split_spec",
            "check_abs_path", "beside", "check_room_beside", "entries_beside", "remove_if_empty"]
 
 MAX_NAME_LENGTH = 64
@@ -27,14 +27,45 @@ def check_description(text: object) -> str:
     return text
 
 
-def check_name(name: object, what: str = "snapshot name") -> str:
-    """Return ``name`` if it is a valid snapshot or group name, else raise.
+def normal_name(name: str) -> str:
+    """The form a name is stored, looked up and compared in: Unicode NFC.
 
-    Rules: 1 to 64 characters; no ``/``, NUL or other control characters;
-    no leading ``-`` or ``.``; no surrounding whitespace.
+    "café" typed with a precomposed ``é`` or as ``e`` plus a combining
+    accent looks the same and is one name.
+    """
+    return unicodedata.normalize("NFC", name)
+
+
+#: letters and symbols that draw nothing, beyond the format characters (Cf)
+#: refused anyway: Unicode's default-ignorable code points (Hangul fillers,
+#: variation selectors, the combining grapheme joiner, Mongolian free
+#: variation selectors, ...) and the blank Braille pattern
+_BLANKS = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+
+
+def _draws_nothing(ch: str) -> bool:
+    code = ord(ch)
+    return any(low <= code <= high for low, high in _BLANKS)
+
+
+def check_name(name: object, what: str = "snapshot name") -> str:
+    """Return ``name`` in its stored form (:func:`normal_name`) if it is a
+    valid snapshot or group name, else raise.
+
+    Rules: 1 to 64 characters; no ``/``, ``\\``, NUL or other control
+    characters, no character that draws nothing (zero-width, bidi
+    overrides, Hangul fillers, the blank Braille pattern); no leading ``-``
+    or ``.``; no surrounding whitespace.
     """
     if not isinstance(name, str):
         raise InvalidInput(f"{what} must be a string")
+    name = normal_name(name)
     if not name:
         raise InvalidInput(f"{what} must not be empty")
     if len(name) > MAX_NAME_LENGTH:
@@ -54,6 +85,9 @@ def check_name(name: object, what: str = "snapshot name") -> str:
         if category == "Cf":  # invisible: zero-width, bidi overrides
             raise InvalidInput(f"{what} {name!r} contains an invisible formatting character "
                                f"(U+{ord(ch):04X})")
+        if _draws_nothing(ch):  # a look-alike of a shorter name, or of none
+            raise InvalidInput(f"{what} {name!r} contains a character that draws nothing "
+                               f"(U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')})")
     return name
 
 

@@ -58,19 +58,20 @@ def test_snapshot_names(world, fuzz_counter, name):
     api.delete("vm", "warm-up")  # locks and audit log exist from here on
     before_files = _tree(base)
     try:
-        valid = check_name(name) == name
+        stored = check_name(name)  # the name's normal form (NFC)
     except InvalidInput:
-        valid = False
+        stored = None
     try:
         snap = api.create("vm", name)
     except InvalidInput:
-        assert not valid
+        assert stored is None
         assert _tree(base) == before_files, "nothing made for a refused name"
         return
     except SnaptreeError as err:  # a duplicate of an earlier valid example
         assert "already has a snapshot" in str(err)
         return
-    assert valid and 1 <= len(name) <= MAX_NAME_LENGTH
+    assert stored is not None and snap.name == stored and 1 <= len(stored) <= MAX_NAME_LENGTH
+    assert api.info("vm", name).snapshot_id == snap.snapshot_id  # found by the name as given
     # the member lives in the volume's own place, whatever the name
     (member,) = snap.members
     assert os.path.dirname(member.ref) == str(disk.parent / ".d.img.snaptree")
