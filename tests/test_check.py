@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from btrfs_fixtures import btrfs_mount, make_subvolume  # noqa: F401 - fixture
+from btrfs_fixtures import make_subvolume
 from cli_helpers import st
 from snaptree import Snaptree, hookimpl
 from snaptree.errors import Busy
@@ -129,7 +129,7 @@ def test_a_raw_image_replaced_by_a_folder_is_drift(capsys, tmp_path, disks):
 
 @pytest.mark.root
 @pytest.mark.btrfs
-def test_a_deleted_btrfs_subvolume_is_drift(capsys, tmp_path, btrfs_mount):  # noqa: F811
+def test_a_deleted_btrfs_subvolume_is_drift(capsys, tmp_path, btrfs_mount):
     state = str(tmp_path / "state")
     vm1 = make_subvolume(os.path.join(btrfs_mount, "vm1"))
     with Snaptree(state) as api:
