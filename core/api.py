@@ -118,6 +118,12 @@ class Snaptree:
 
     def create_group(self, name: str, volume_specs: Sequence[str], *, qmp_socket: str | None = None,
                      options: dict[str, Any] | None = None) -> Group:
+        """Register a group of volumes, snapshotted together from now on.
+
+        Refused (:class:`~snaptree.errors.Conflict`) for a volume already in
+        a group or whose storage overlaps a registered volume's, or another
+        one's of ``volume_specs``: see :meth:`_refuse_taken`.
+        """
         check_name(name, "group name")
         if not volume_specs:
             raise InvalidInput("a group needs at least one volume")
@@ -181,12 +187,12 @@ class Snaptree:
         places = Places()
         footprints: dict[Volume, Sequence[str] | None] = {}
         for index, volume in enumerate(volumes):
-            mine = footprints[volume] = self._footprint(volume)
+            mine = footprints[volume] = self._footprint(volume, group_name)
             if not mine:
                 continue  # the backend does not say: its spec was compared above
             for owner, other in registered + [(group_name, v) for v in volumes[:index]]:
                 if other not in footprints:
-                    footprints[other] = self._footprint(other)
+                    footprints[other] = self._footprint(other, owner)
                 theirs = footprints[other]
                 how = places.overlap(mine, theirs) if theirs else None
                 if how is not None:
@@ -195,17 +201,19 @@ class Snaptree:
                         f"{other.spec} of group {owner!r} ({how}): a revert of either would "
                         "destroy the other's data or snapshots")
 
-    def _footprint(self, volume: Volume) -> Sequence[str] | None:
-        """The paths ``volume`` and its snapshots occupy, or ``None`` when its
-        backend does not say (or is not installed)."""
+    def _footprint(self, volume: Volume, group_name: str) -> Sequence[str] | None:
+        """The paths ``volume`` (of group ``group_name``) and its snapshots
+        occupy, or ``None`` when its backend does not say (or is not installed)."""
+        where = f"cannot tell where volume {volume.spec} (group {group_name!r}) lies"
         try:
             paths = self.plugins.hook.snaptree_volume_footprint(backend=volume.backend,
                                                                 volume=volume)
-        except SnaptreeError:
+        except SnaptreeError as err:
+            err.message = f"{where}: {err.one_line()}"
             raise
         except Exception as err:
-            raise PluginError(f"backend {volume.backend!r} cannot say where volume "
-                              f"{volume.spec} lies: {type(err).__name__}: {err}") from err
+            raise PluginError(f"{where}: backend {volume.backend!r} raised "
+                              f"{type(err).__name__}: {err}") from err
         if paths is None:
             return None
         if isinstance(paths, str) or not all(isinstance(p, str) and os.path.isabs(p)
@@ -219,7 +227,8 @@ class Snaptree:
 
         Snapshots taken before have no member on them: reverting to one
         leaves these volumes as they are (and says so), and refuses to
-        bring back VM memory that never knew the disk.
+        bring back VM memory that never knew the disk.  Refused, as at
+        :meth:`create_group`, for a volume in a group or overlapping one.
         """
         if not volume_specs:
             raise InvalidInput("name at least one volume to add")

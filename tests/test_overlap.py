@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from snaptree import BackendInfo, Capabilities, Snaptree, Volume, VolumeBackend, hookimpl
-from snaptree.errors import Conflict, PluginError
+from snaptree.errors import Conflict, InvalidInput, PluginError
 from snaptree.footprints import Places
 
 from btrfs_fixtures import make_subvolume
@@ -195,6 +195,33 @@ class _Sloppy(VolumeBackend):
     @hookimpl
     def snaptree_volume_footprint(self, backend, volume):
         return ["relative/path"] if backend == "sloppy" else None
+
+
+class _Fussy(VolumeBackend):
+    """Says where its volumes lie until told they are malformed."""
+
+    info = BackendInfo("fussy", "a footprint that can fail", Capabilities())
+    broken = False
+
+    def claim(self, locator):
+        return Volume("fussy", locator)
+
+    def footprint(self, volume):
+        if self.broken:
+            raise InvalidInput(f"fussy: {volume.locator} is malformed")
+        return [volume.locator]
+
+
+def test_a_footprint_that_fails_names_the_volume_and_changes_nothing(tmp_path):
+    fussy = _Fussy()
+    disk = _image(tmp_path / "disk.img")
+    with Snaptree(str(tmp_path / "state"), plugins=[fussy]) as api:
+        api.create_group("f", [f"fussy:{tmp_path / 'tree'}"])
+        fussy.broken = True
+        with pytest.raises(InvalidInput, match=rf"^cannot tell where volume fussy:{tmp_path}/tree "
+                                               r"\(group 'f'\) lies: fussy: .* is malformed$"):
+            api.create_group("r", [f"raw:{disk}"])
+        assert [g.name for g in api.list_groups()] == ["f"]
 
 
 def test_a_backend_without_a_footprint_is_compared_by_spec(tmp_path):
