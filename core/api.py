@@ -201,10 +201,11 @@ class Snaptree:
                         f"{other.spec} of group {owner!r} ({how}): a revert of either would "
                         "destroy the other's data or snapshots")
 
-    def _footprint(self, volume: Volume, group_name: str) -> Sequence[str] | None:
+    def _footprint(self, volume: Volume, group_name: str | None = None) -> Sequence[str] | None:
         """The paths ``volume`` (of group ``group_name``) and its snapshots
         occupy, or ``None`` when its backend does not say (or is not installed)."""
-        where = f"cannot tell where volume {volume.spec} (group {group_name!r}) lies"
+        where = f"cannot tell where volume {volume.spec}" + (
+            f" (group {group_name!r})" if group_name is not None else "") + " lies"
         try:
             paths = self.plugins.hook.snaptree_volume_footprint(backend=volume.backend,
                                                                 volume=volume)
@@ -337,6 +338,9 @@ class Snaptree:
             holds = os.path.commonpath([real, state]) in (real, state) or any(
                 (found.st_dev, found.st_ino) == (own.st_dev, own.st_ino)
                 for own in self._state_files())
+            if not holds:  # by inode: the state reached through a bind mount
+                footprint = self._footprint(volume)
+                holds = bool(footprint) and Places().overlap(footprint, [state]) is not None
         if holds:
             raise InvalidInput(f"volume {volume.spec} holds snaptree's own state ({state}); "
                                "a revert would roll the catalog back")

@@ -15,7 +15,9 @@ import pytest
 
 from snaptree import BackendInfo, Capabilities, Snaptree, Volume, VolumeBackend, hookimpl
 from snaptree.errors import Conflict, InvalidInput, PluginError
+from snaptree.api import REGISTRY_LOCK
 from snaptree.footprints import Places
+from snaptree.locking import try_group_lock
 
 from btrfs_fixtures import make_subvolume
 from cli_helpers import st
@@ -148,6 +150,22 @@ def test_a_bind_mounted_path_is_the_same_file(capsys, tmp_path):
         subprocess.run(["umount", str(bound)], check=True)
 
 
+@pytest.mark.root
+@pytest.mark.btrfs
+def test_a_volume_holding_the_state_through_a_bind_mount_is_refused(capsys, tmp_path,
+                                                                    btrfs_mount):
+    vm = make_subvolume(os.path.join(btrfs_mount, "vm"))
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    subprocess.run(["mount", "--bind", btrfs_mount, str(bound)], check=True)
+    try:
+        state = bound / "vm" / "state"  # inside the subvolume, spelt another way
+        code, _, err = st(capsys, state, "group", "create", "g", f"btrfs:{vm}")
+        assert code == 2 and "holds snaptree's own state" in err, err
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+
+
 def test_separate_images_in_one_folder_are_fine(tmp_path):
     disks = [_image(tmp_path / f"d{i}.img") for i in range(3)]
     with Snaptree(str(tmp_path / "state")) as api:
@@ -241,14 +259,18 @@ def test_a_backend_without_a_footprint_is_compared_by_spec(tmp_path):
 
 
 class _Stall:
-    """Holds the first footprint lookup until released (to overlap two group creates)."""
+    """Holds the first footprint lookup made while the volume registry is
+    locked (by the check) until released, to overlap two group creates."""
 
-    def __init__(self):
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
         self.entered, self.release = threading.Event(), threading.Event()
 
     @hookimpl(wrapper=True)
     def snaptree_volume_footprint(self, backend, volume):
-        if not self.entered.is_set():
+        with try_group_lock(self.state_dir, REGISTRY_LOCK) as free:
+            pass
+        if not free and not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(30)
         return (yield)
@@ -259,7 +281,7 @@ def test_two_concurrent_creates_of_one_file_cannot_both_pass(tmp_path):
     hard = tmp_path / "hard.img"
     os.link(disk, hard)
     state = str(tmp_path / "state")
-    stall = _Stall()
+    stall = _Stall(state)
     outcomes: dict[str, object] = {}
 
     def create(name, spec, plugins):
