@@ -474,8 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at exit would fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:  # before the catalog was open: nothing was changed
-        print("snaptree: interrupted; nothing was changed", file=sys.stderr)
+    except KeyboardInterrupt:  # opening or closing the catalog: no operation under way
+        print("snaptree: interrupted; no operation was under way", file=sys.stderr)
         return 130
     except Exception as err:  # a bug; still one line unless --debug
         if args.debug:

@@ -16,7 +16,7 @@ import attrs
 
 from .boot import boot_id
 from .coordinator import Coordinator, batches_for
-from .errors import SnaptreeError
+from .errors import NotFound, SnaptreeError
 from .locking import group_lock, try_group_lock
 from .model import Group, MemberSnapshot, RevertFailed, SnapshotState
 
@@ -270,13 +270,26 @@ def check(coord: Coordinator, group_name: str) -> DriftReport:
         return _check_locked(coord, coord.group(group_name))
 
 
-def _unclaimed(coord: Coordinator, volume) -> str | None:
-    """Why ``volume``'s backend no longer claims it (as prepare would), or None."""
+def _unclaimed(coord: Coordinator, group: Group, volume) -> str | None:
+    """Why ``volume``'s backend no longer finds or takes it, or None.
+
+    Gone (not found) is drift.  A claim refused for another reason is drift
+    only if the backend's snapshot checks refuse the volume too: a rule for
+    joining a group (a name an older version let in) is not.
+    """
     try:
         claims = [v for v in coord.hook.snaptree_claim_volume(
             backend=volume.backend, locator=volume.locator) if v is not None]
-    except SnaptreeError as err:
+    except NotFound as err:
         return err.one_line()
+    except SnaptreeError as err:
+        try:
+            coord.hook.snaptree_prepare(backend=volume.backend, operation="snapshot",
+                                        volumes=[volume],
+                                        ctx=coord.context(group, "", "", {}))
+        except SnaptreeError:
+            return err.one_line()
+        return None
     if not claims:
         return f"no plugin claims volume {volume.spec}"
     if all(v.spec != volume.spec for v in claims):
@@ -311,7 +324,7 @@ def _check_locked(coord: Coordinator, group: Group) -> DriftReport:
         except SnaptreeError as err:
             report.unreadable.append({"volume": volume.spec, "error": err.one_line()})
             continue
-        gone = _unclaimed(coord, volume)
+        gone = _unclaimed(coord, group, volume)
         if gone is not None:
             report.unclaimed.append({"volume": volume.spec, "error": gone})
         try:
