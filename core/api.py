@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .audit import AuditLog
 from .catalog import Catalog
 from .coordinator import Coordinator
-from .footprints import Places
+from .footprints import Places, footprint_of, refuse_overlaps
 from .locking import group_lock
 from .errors import (Busy, Conflict, InvalidInput, NotFound, PermissionDenied, PluginError, SnapshotNotFound,
                      SnaptreeError, StateError, VolumeNotFound)
@@ -122,7 +122,7 @@ class Snaptree:
 
         Refused (:class:`~snaptree.errors.Conflict`) for a volume already in
         a group or whose storage overlaps a registered volume's, or another
-        one's of ``volume_specs``: see :meth:`_refuse_taken`.
+        one's of ``volume_specs`` (:func:`snaptree.footprints.refuse_overlaps`).
         """
         check_name(name, "group name")
         if not volume_specs:
@@ -136,7 +136,7 @@ class Snaptree:
         group = Group(name=name, volumes=tuple(volumes), qmp_socket=qmp_socket,
                       options=options, created=time.time())
         with self._registering():
-            self._refuse_taken(name, volumes)
+            refuse_overlaps(self.catalog, self.plugins.hook, name, volumes)
             try:
                 self.catalog.add_group(group)
             except Exception as err:
@@ -160,7 +160,7 @@ class Snaptree:
     def _registering(self) -> Iterator[None]:
         """Hold the lock under which volumes are checked and registered: two
         callers adding overlapping volumes at once cannot both pass
-        :meth:`_refuse_taken`."""
+        :func:`~snaptree.footprints.refuse_overlaps`."""
         held = contextlib.ExitStack()
         try:
             held.enter_context(group_lock(self.state_dir, REGISTRY_LOCK,
@@ -170,58 +170,6 @@ class Snaptree:
                        "registry's lock); try again") from None
         with held:
             yield
-
-    def _refuse_taken(self, group_name: str, volumes: Sequence[Volume]) -> None:
-        """Refuse a volume already in a group, or whose storage overlaps that
-        of a registered volume (any group) or of another of ``volumes``: the
-        same file or device, one inside the other's tree or snapshot storage.
-        A revert of one would destroy the other's data or snapshots.  Call
-        under :meth:`_registering`."""
-        for volume in volumes:
-            owner = self.catalog.volume_owner(volume.spec)
-            if owner is not None:
-                raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
-        registered = [(group.name, volume) for group in map(self.catalog.get_group,
-                                                            self.catalog.group_names())
-                      if group is not None for volume in group.volumes]
-        places = Places()
-        footprints: dict[Volume, Sequence[str] | None] = {}
-        for index, volume in enumerate(volumes):
-            mine = footprints[volume] = self._footprint(volume, group_name)
-            if not mine:
-                continue  # the backend does not say: its spec was compared above
-            for owner, other in registered + [(group_name, v) for v in volumes[:index]]:
-                if other not in footprints:
-                    footprints[other] = self._footprint(other, owner)
-                theirs = footprints[other]
-                how = places.overlap(mine, theirs) if theirs else None
-                if how is not None:
-                    raise Conflict(
-                        f"volume {volume.spec} (group {group_name!r}) overlaps volume "
-                        f"{other.spec} of group {owner!r} ({how}): a revert of either would "
-                        "destroy the other's data or snapshots")
-
-    def _footprint(self, volume: Volume, group_name: str | None = None) -> Sequence[str] | None:
-        """The paths ``volume`` (of group ``group_name``) and its snapshots
-        occupy, or ``None`` when its backend does not say (or is not installed)."""
-        where = f"cannot tell where volume {volume.spec}" + (
-            f" (group {group_name!r})" if group_name is not None else "") + " lies"
-        try:
-            paths = self.plugins.hook.snaptree_volume_footprint(backend=volume.backend,
-                                                                volume=volume)
-        except SnaptreeError as err:
-            err.message = f"{where}: {err.one_line()}"
-            raise
-        except Exception as err:
-            raise PluginError(f"{where}: backend {volume.backend!r} raised "
-                              f"{type(err).__name__}: {err}") from err
-        if paths is None:
-            return None
-        if isinstance(paths, str) or not all(isinstance(p, str) and os.path.isabs(p)
-                                             for p in paths):
-            raise PluginError(f"backend {volume.backend!r} answered snaptree_volume_footprint "
-                              f"for {volume.spec} with {paths!r}, not a list of absolute paths")
-        return list(paths)
 
     def add_volumes(self, name: str, volume_specs: Sequence[str]) -> Group:
         """Add volumes to a group (a disk the VM got).
@@ -237,7 +185,7 @@ class Snaptree:
         volumes = self._claim_all(volume_specs)
         with self.coordinator.locked(name, "group-add"), self._registering():
             self.group(name)
-            self._refuse_taken(name, volumes)
+            refuse_overlaps(self.catalog, self.plugins.hook, name, volumes)
             try:
                 self.catalog.add_volumes(name, volumes)
             except sqlite3.IntegrityError as err:  # claimed by another group meanwhile
@@ -339,7 +287,7 @@ class Snaptree:
                 (found.st_dev, found.st_ino) == (own.st_dev, own.st_ino)
                 for own in self._state_files())
             if not holds:  # by inode: the state reached through a bind mount
-                footprint = self._footprint(volume)
+                footprint = footprint_of(self.plugins.hook, volume)
                 holds = bool(footprint) and Places().overlap(footprint, [state]) is not None
         if holds:
             raise InvalidInput(f"volume {volume.spec} holds snaptree's own state ({state}); "

@@ -1,4 +1,5 @@
-"""Where volumes lie on disk, and whether two of them overlap.
+"""Where volumes lie on disk, whether two of them overlap, and the refusal
+of a new volume that overlaps a registered one (:func:`refuse_overlaps`).
 
 A backend names the paths a volume and its snapshots occupy
 (:func:`snaptree.hookspecs.snaptree_volume_footprint`): the volume's own
@@ -16,9 +17,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
-__all__ = ["Places"]
+from .errors import Conflict, PluginError, SnaptreeError
+from .model import Volume
+
+__all__ = ["Places", "footprint_of", "refuse_overlaps"]
 
 
 def _identity(found: os.stat_result) -> Hashable:
@@ -90,3 +94,56 @@ class Places:
                 if one_chain[0] in other_chain:
                     return f"{other} is inside {one}"
         return None
+
+
+def footprint_of(hook: Any, volume: Volume, group_name: str | None = None) -> list[str] | None:
+    """The paths ``volume`` (of group ``group_name``) and its snapshots
+    occupy, or ``None`` when its backend does not say (or is not installed)."""
+    where = f"cannot tell where volume {volume.spec}" + (
+        f" (group {group_name!r})" if group_name is not None else "") + " lies"
+    try:
+        paths = hook.snaptree_volume_footprint(backend=volume.backend, volume=volume)
+    except SnaptreeError as err:
+        err.message = f"{where}: {err.one_line()}"
+        raise
+    except Exception as err:
+        raise PluginError(f"{where}: backend {volume.backend!r} raised "
+                          f"{type(err).__name__}: {err}") from err
+    if paths is None:
+        return None
+    if isinstance(paths, str) or not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+        raise PluginError(f"backend {volume.backend!r} answered snaptree_volume_footprint "
+                          f"for {volume.spec} with {paths!r}, not a list of absolute paths")
+    return list(paths)
+
+
+def refuse_overlaps(catalog: Any, hook: Any, group_name: str, volumes: Sequence[Volume]) -> None:
+    """Refuse (:class:`~snaptree.errors.Conflict`) a volume already in a
+    group, or whose storage overlaps that of a volume registered in
+    ``catalog`` (any group) or of another of ``volumes``, all joining
+    ``group_name``: the same file or device, one inside the other's tree or
+    snapshot storage.  A revert of one would destroy the other's data or
+    snapshots.  Call under the lock the registering caller holds, so that
+    two callers cannot both pass."""
+    for volume in volumes:
+        owner = catalog.volume_owner(volume.spec)
+        if owner is not None:
+            raise Conflict(f"volume {volume.spec} already belongs to group {owner!r}")
+    registered = [(group.name, volume) for group in map(catalog.get_group, catalog.group_names())
+                  if group is not None for volume in group.volumes]
+    places = Places()
+    footprints: dict[Volume, list[str] | None] = {}
+    for index, volume in enumerate(volumes):
+        mine = footprints[volume] = footprint_of(hook, volume, group_name)
+        if not mine:
+            continue  # the backend does not say: its spec was compared above
+        for owner, other in registered + [(group_name, v) for v in volumes[:index]]:
+            if other not in footprints:
+                footprints[other] = footprint_of(hook, other, owner)
+            theirs = footprints[other]
+            how = places.overlap(mine, theirs) if theirs else None
+            if how is not None:
+                raise Conflict(
+                    f"volume {volume.spec} (group {group_name!r}) overlaps volume {other.spec} "
+                    f"of group {owner!r} ({how}): a revert of either would destroy the other's "
+                    "data or snapshots")
