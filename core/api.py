@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .audit import AuditLog
+from .boundary import checked_claims
 from .catalog import Catalog
 from .coordinator import Coordinator
 from .footprints import Places, footprint_of, refuse_overlaps
@@ -106,8 +107,9 @@ class Snaptree:
             raise PermissionDenied(
                 f"backend {backend!r} needs root (it uses {', '.join(info.required_tools) or 'kernel ioctls'}); "
                 "run snaptree as root")
-        claims = [v for v in self.plugins.hook.snaptree_claim_volume(backend=backend, locator=locator)
-                  if v is not None]
+        claims = checked_claims(self.plugins, backend, locator,
+                                self.plugins.hook.snaptree_claim_volume(backend=backend,
+                                                                        locator=locator))
         if not claims:
             raise PluginError(f"no plugin claims volume {spec!r}")
         if len(claims) > 1:

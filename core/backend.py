@@ -76,6 +76,17 @@ class VolumeBackend:
     def _mine(self, backend: str) -> bool:
         return backend == self.info.name
 
+    def _listed(self, method: str, result):
+        """``list(result)``, or :class:`PluginError` naming ``method`` when it
+        returned ``None`` (a forgotten ``return``) or something not a list."""
+        if result is None or isinstance(result, (str, bytes, dict)) or not hasattr(
+                result, "__iter__"):
+            raise PluginError(
+                f"{type(self).__name__}.{method} (backend {self.info.name!r}) returned "
+                f"{'None' if result is None else type(result).__name__}, not a list"
+                + (" (a missing 'return'?)" if result is None else ""))
+        return list(result)
+
     @hookimpl
     def snaptree_backends(self):
         return [self.info]
@@ -97,7 +108,7 @@ class VolumeBackend:
     def snaptree_snapshot(self, backend, volumes, ctx):
         if not self._mine(backend):
             return None
-        return list(self.snapshot(volumes, ctx))
+        return self._listed("snapshot", self.snapshot(volumes, ctx))
 
     @hookimpl
     def snaptree_revert(self, backend, members, ctx):
@@ -117,7 +128,7 @@ class VolumeBackend:
     def snaptree_list(self, backend, volume):
         if not self._mine(backend):
             return None
-        return list(self.list(volume))
+        return self._listed("list", self.list(volume))
 
     @hookimpl
     def snaptree_space_used(self, backend, member):
@@ -142,4 +153,4 @@ class VolumeBackend:
     def snaptree_recover_volume(self, backend, volume):
         if not self._mine(backend):
             return None
-        return list(self.recover_volume(volume))
+        return self._listed("recover_volume", self.recover_volume(volume))

@@ -399,11 +399,20 @@ class Catalog:
              snap.state.value, None, json.dumps(dict(snap.options))))
 
     def add_members(self, members, db) -> None:
-        db.executemany(
-            "INSERT OR REPLACE INTO members (snapshot_id, spec, backend, locator, ref, size_bytes,"
-            " valid, data) VALUES (?,?,?,?,?,?,?,?)",
-            [(m.snapshot_id, Volume(m.backend, m.locator).spec, m.backend, m.locator, m.ref,
-              m.size_bytes, int(m.valid), json.dumps(dict(m.data))) for m in members])
+        """Record members; a member already recorded is never replaced: a
+        second row for one snapshot and volume is a bug, raised as
+        :class:`StateError`."""
+        try:
+            db.executemany(
+                "INSERT INTO members (snapshot_id, spec, backend, locator, ref, size_bytes,"
+                " valid, data) VALUES (?,?,?,?,?,?,?,?)",
+                [(m.snapshot_id, Volume(m.backend, m.locator).spec, m.backend, m.locator, m.ref,
+                  m.size_bytes, int(m.valid), json.dumps(dict(m.data))) for m in members])
+        except sqlite3.IntegrityError as err:
+            raise StateError(
+                "the catalog refused members of snapshot(s) "
+                f"{', '.join(sorted({m.snapshot_id for m in members}))} ({err}): a member "
+                "already recorded is never replaced, and every member needs its snapshot") from err
 
     def set_memory(self, snapshot_id: str, memory: MemoryState | None, db) -> None:
         value = None if memory is None else json.dumps(

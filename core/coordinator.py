@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shlex
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -20,11 +21,13 @@ import attrs
 from . import faults
 from .catalog import Catalog
 from .boot import boot_id
+from .boundary import sort_members
 from .errors import (
     Conflict,
     GroupNotFound,
     InvalidInput,
     NotSupported,
+    PluginError,
     SnaptreeError,
     SnapshotNotFound,
 )
@@ -266,6 +269,11 @@ class Coordinator:
                 (snapshot_id, group_name, name, pending.parent, pending.created,
                  pending.description, SnapshotState.PENDING.value, json.dumps(pending.options)))
         made: list[MemberSnapshot] = []
+        #: volumes a backend's snapshot call was asked for, and members it
+        #: returned wrongly (never deleted through it: one may name another
+        #: snapshot's storage)
+        called: list[Volume] = []
+        rejected: list[MemberSnapshot] = []
         memory_state = None
         suspended = False
         try:
@@ -285,15 +293,14 @@ class Coordinator:
             total = len(group.volumes)
             unwritten: list[MemberSnapshot] = []
             for index, (backend, volumes) in enumerate(batches):
-                members = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
-                                     backend=backend, volumes=volumes, ctx=ctx)
-                members = list(members or ())
-                if len(members) != len(volumes):
-                    made.extend(members)
-                    raise SnaptreeError(
-                        f"backend {backend!r} returned {len(members)} members for "
-                        f"{len(volumes)} volumes")
-                made.extend(members)
+                called.extend(volumes)
+                result = self._call(f"snapshot:{backend}", self.hook.snaptree_snapshot,
+                                    backend=backend, volumes=volumes, ctx=ctx)
+                members, wrong, problem = sort_members(self.plugins, backend, volumes, result, ctx)
+                made.extend(members)  # the right ones are undone through the plugin
+                if problem is not None:
+                    rejected.extend(m for m in wrong if isinstance(m, MemberSnapshot))
+                    raise PluginError(problem)
                 if index == len(batches) - 1:
                     unwritten = members  # the commit below writes them
                 else:
@@ -314,10 +321,15 @@ class Coordinator:
                 self.catalog.journal_finish(op_id, "done", db)
         except BaseException as err:
             undo_errors = self._undo_create(group, ctx, made, memory_state)
-            if not isinstance(err, Exception) and not undo_errors:
-                # an interrupt can cut a backend call short after it made a
-                # member and before it returned it: find those as recover does
-                undo_errors = self._undo_unreturned(group, ctx, made)
+            removed: list[str] = []
+            if called and not undo_errors:
+                # A backend call may have made storage it never returned (an
+                # interrupt cut it short, it raised halfway, it returned
+                # nothing or wrong members): find what carries the create's
+                # id as recover does.
+                undo_errors = self._undo_unreturned(
+                    group, ctx, made, called if isinstance(err, Exception) else group.volumes,
+                    removed)
             if suspended:
                 try:
                     self.hook.snaptree_vm_resume(group=group, ctx=ctx)
@@ -327,13 +339,19 @@ class Coordinator:
             message = str(err) or type(err).__name__
             if undo_errors:
                 message += "; undo incomplete (run 'snaptree recover'): " + "; ".join(undo_errors)
+            elif called and isinstance(err, PluginError):
+                message += "; what it made for this snapshot was removed"
+            left = sorted({m.ref for m in rejected if isinstance(m.ref, str)} - set(removed))
+            if left:
+                message += ("; left as they are, as they may be another snapshot's: "
+                            + ", ".join(left))
             with self.catalog.write("create-failed") as db:
                 if undo_errors:
                     self.catalog.journal_update(op_id, {"name": name, "undo_failed": True}, db)
                 else:
                     self.catalog.remove_snapshot_row(snapshot_id, db)
                     self.catalog.journal_finish(op_id, "failed", db, error=message)
-            if isinstance(err, SnaptreeError) and undo_errors:
+            if isinstance(err, SnaptreeError):
                 err.message = message
             raise
         return made, memory_state
@@ -354,18 +372,21 @@ class Coordinator:
                 errors.append(f"memory: {err}")
         return errors
 
-    def _undo_unreturned(self, group: Group, ctx: OpContext,
-                         made: list[MemberSnapshot]) -> list[str]:
-        """Delete members carrying the create's id that no backend call returned."""
+    def _undo_unreturned(self, group: Group, ctx: OpContext, made: list[MemberSnapshot],
+                         volumes: Sequence[Volume], removed: list[str]) -> list[str]:
+        """Delete members carrying the create's id on ``volumes`` that no
+        backend call returned (their refs go to ``removed``)."""
         returned = {(m.volume.spec, m.ref) for m in made}
         errors: list[str] = []
-        for volume in group.volumes:
+        for volume in dict.fromkeys(volumes):
             try:
                 listed = self.hook.snaptree_list(backend=volume.backend, volume=volume) or ()
-                left = [m for m in listed if m.snapshot_id == ctx.snapshot_id
+                left = [m for m in listed if isinstance(m, MemberSnapshot)
+                        and m.snapshot_id == ctx.snapshot_id
                         and (volume.spec, m.ref) not in returned]
                 if left:
                     self.hook.snaptree_delete(backend=volume.backend, members=left, ctx=ctx)
+                    removed.extend(m.ref for m in left)
             except Exception as err:
                 errors.append(f"{volume.spec}: {err}")
         return errors
@@ -409,6 +430,7 @@ class Coordinator:
                     "group; 'revert --disks-only' brings back only the disks")
             reverted = [v for v in group.volumes if v.spec in members_by_spec]
             batches = batches_for(self.plugins, reverted)
+            self._refuse_undeclared_revert(group_name, snap, reverted)
             self._prepare("revert", batches, ctx, members=list(snap.members))
 
             with self._operation(group, "revert", ctx) as span:
@@ -464,13 +486,47 @@ class Coordinator:
                     span.end(err)
                     message = str(err) or type(err).__name__
                     if done:
-                        message += f" (already reverted: {', '.join(done)}; run 'snaptree revert' again)"
-                    with self.catalog.write("revert-failed") as db:
-                        self.catalog.journal_finish(op_id, "failed", db, error=message)
+                        # Some volumes are at the snapshot, the others not:
+                        # the entry stays open, as after a crash, so 'check'
+                        # reports it, 'recover' (or the next operation's
+                        # recover-first) rolls it forward, and while that
+                        # fails creates and reverts are refused.
+                        message += (f" (already reverted: {', '.join(done)}; the volumes are "
+                                    "not all at one snapshot until the revert is finished: "
+                                    f"'snaptree recover {shlex.quote(group_name)}', or the next "
+                                    "operation on the group, finishes it)")
+                        with self.catalog.write("revert-failed") as db:
+                            self.catalog.journal_update(
+                                op_id, {"previous": previous, "disks_only": disks_only,
+                                        "error": message}, db)
+                    else:
+                        with self.catalog.write("revert-failed") as db:
+                            self.catalog.journal_finish(op_id, "failed", db, error=message)
                     if isinstance(err, SnaptreeError):
                         err.message = message
                     raise
             return self.catalog.get_snapshot_by_id(snap.snapshot_id)
+
+    def _refuse_undeclared_revert(self, group_name: str, snap: Snapshot,
+                                  volumes: Sequence[Volume]) -> None:
+        """:class:`NotSupported` when a backend whose capabilities do not
+        declare ``revert_to_any`` would be asked to revert a volume to other
+        than its newest snapshot (nothing is journaled yet)."""
+        snaps = None
+        for volume in volumes:
+            info = self.plugins.backend(volume.backend)
+            if info.capabilities.revert_to_any:
+                continue
+            if snaps is None:
+                snaps = [s for s in self.catalog.list_snapshots(group_name)
+                         if s.state is SnapshotState.COMPLETE]
+            holding = [s for s in snaps if any(m.volume.spec == volume.spec for m in s.members)]
+            newest = max(holding, key=lambda s: s.created) if holding else None
+            if newest is not None and newest.snapshot_id != snap.snapshot_id:
+                raise NotSupported(
+                    f"backend {volume.backend!r} reverts only to the newest snapshot of "
+                    f"{volume.spec} ({newest.name!r}), not to {snap.name!r}: it does not "
+                    "declare revert_to_any")
 
     # -- delete ---------------------------------------------------------------
 

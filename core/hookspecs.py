@@ -40,8 +40,18 @@ def snaptree_backends() -> Sequence[BackendInfo]:
 
     Return a list of :class:`snaptree.model.BackendInfo`, one per backend, with
     its name (the ``BACKEND`` in a ``BACKEND:LOCATOR`` volume spec) and its
-    :class:`snaptree.model.Capabilities`.  The coordinator never asks a
-    backend for something its capabilities do not declare.
+    :class:`snaptree.model.Capabilities`.  The coordinator acts on three
+    of them: only an ``atomic_batch`` backend gets several volumes in one
+    :func:`snaptree_snapshot` or :func:`snaptree_revert` call; a backend
+    without ``revert_to_any`` is asked to revert a volume only to the newest
+    snapshot holding a member on it (any other revert is refused, exit 7,
+    before anything is journaled); a ``needs_root`` backend's volumes are
+    refused to a caller that is not root.  The others (``live``,
+    ``internal``, ``external``, ``read_only``, ``memory_state``) describe
+    the backend to users (``snaptree backends``): VM state goes through the
+    ``snaptree_vm_*`` and ``snaptree_memory_*`` hooks, which the plugin that
+    can reach the VM answers, and a backend that cannot snapshot a volume
+    in use must refuse it in :func:`snaptree_prepare`.
 
     Two plugins registering the same name is an error naming both providers.
 

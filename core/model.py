@@ -24,7 +24,9 @@ __all__ = [
 
 @attrs.frozen
 class Capabilities:
-    """What a backend can do.  The coordinator refuses what is not declared."""
+    """What a backend can do.  The coordinator acts on ``atomic_batch``,
+    ``revert_to_any`` and ``needs_root`` (see
+    :func:`snaptree.hookspecs.snaptree_backends`); the rest informs users."""
 
     #: Can snapshot a volume while a VM is writing to it (through QMP, say).
     live: bool = False

@@ -22,6 +22,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .boundary import GuardedHooks
 from .errors import BackendNotFound, PluginError
 from .markers import PROJECT_NAME
 from .model import BackendInfo
@@ -49,6 +50,7 @@ class PluginSet:
         self.pm.add_hookspecs(hookspecs)
         #: entry-point name -> one-line reason it failed to load
         self.broken: dict[str, str] = {}
+        self._guarded = GuardedHooks(self)
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:
@@ -56,8 +58,10 @@ class PluginSet:
         self._backends: dict[str, BackendInfo] | None = None
 
     @property
-    def hook(self):
-        return self.pm.hook
+    def hook(self) -> GuardedHooks:
+        """The hook relay; what a plugin raises outside the error tree is
+        wrapped (see :mod:`snaptree.boundary`)."""
+        return self._guarded
 
     def register(self, plugin: object, name: str | None = None) -> None:
         self.pm.register(plugin, name=name)

@@ -15,8 +15,9 @@ from typing import Any
 import attrs
 
 from .boot import boot_id
+from .boundary import checked_claims
 from .coordinator import Coordinator, batches_for
-from .errors import NotFound, SnaptreeError
+from .errors import NotFound, PluginError, SnaptreeError
 from .locking import group_lock, try_group_lock
 from .model import Group, MemberSnapshot, RevertFailed, SnapshotState
 
@@ -278,9 +279,10 @@ def _unclaimed(coord: Coordinator, group: Group, volume) -> str | None:
     joining a group (a name an older version let in) is not.
     """
     try:
-        claims = [v for v in coord.hook.snaptree_claim_volume(
-            backend=volume.backend, locator=volume.locator) if v is not None]
-    except NotFound as err:
+        claims = checked_claims(coord.plugins, volume.backend, volume.locator,
+                                coord.hook.snaptree_claim_volume(backend=volume.backend,
+                                                                 locator=volume.locator))
+    except (NotFound, PluginError) as err:  # gone, or a claim no longer to be trusted
         return err.one_line()
     except SnaptreeError as err:
         try:
