@@ -131,12 +131,19 @@ def test_group_reverts_partly_when_one_filesystem_is_full(tmp_path):
         assert len(lines) == 1 and "out of space" in lines[0], lines
         assert f"already reverted: btrfs:{volumes[0]}" in lines[0]
         assert [digest_tree(v) for v in volumes] == [first[0], second[1]]
-        _settled(state, volumes)
+        assert "'snaptree recover vm'" in lines[0]
+        with Snaptree(state, auto_recover=False) as api:  # half-reverted: kept open, reported
+            assert [e["operation"] for e in api.catalog.journal_open("vm")] == ["revert"]
+            assert [d["operation"] for d in api.check("vm").interrupted] == ["revert"]
+        refused = run_cli(["create", "vm", "mixed"], state)  # recover cannot finish it yet
+        assert refused.returncode == 8, refused.stderr
 
         _free(full)
-        retry = run_cli(["revert", "vm", "s1"], state)
+        retry = run_cli(["revert", "vm", "s1"], state)  # rolls the revert forward first
         assert retry.returncode == 0, retry.stderr
         assert [digest_tree(v) for v in volumes] == first
+        with Snaptree(state) as api:
+            assert api.current("vm").name == "s1" and api.check("vm").clean
 
 
 def test_revert_when_only_data_space_is_full(tmp_path):
