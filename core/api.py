@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -46,8 +49,31 @@ def _checked_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _serialized(cls):
+    """Every public method of ``cls`` holds the instance's lock: threads that
+    share one :class:`Snaptree` take turns (its catalog connection and the
+    operation in progress are not for two threads at once)."""
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(value):
+            setattr(cls, name, _holding_lock(value))
+    return cls
+
+
+def _holding_lock(method):
+    @functools.wraps(method)
+    def serialized(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return serialized
+
+
+@_serialized
 class Snaptree:
     """One state directory, one plugin set: every snapshot operation.
+
+    Threads may share one: its calls run one at a time (a call waits for
+    another thread's to end), and :attr:`warnings` are each thread's own.
+    For operations in parallel, give each thread its own Snaptree.
 
     :param state_dir: where the catalog and locks live (default:
         ``$SNAPTREE_STATE_DIR``, ``/var/lib/snaptree`` as root, else XDG state).
@@ -63,6 +89,7 @@ class Snaptree:
                  load_entrypoints: bool = True, lock_timeout: float = 30.0,
                  progress: Callable[..., None] | None = None, auto_recover: bool = True,
                  audit: bool = True):
+        self._lock = threading.RLock()
         # "" is a path the user gave, and a wrong one: not "use the default"
         self.state_dir = ensure_state_dir(default_state_dir() if state_dir is None else state_dir)
         self.plugins = PluginSet(plugins, load_entrypoints=load_entrypoints)
@@ -402,9 +429,9 @@ class Snaptree:
 
     @property
     def warnings(self) -> list[str]:
-        """What the last operation on a group warned about (an LVM merge
-        deferred until the volume is closed, what was recovered first, the
-        storage 'group remove --forget-members' leaves untracked)."""
+        """What the calling thread's last operation on a group warned about
+        (an LVM merge deferred until the volume is closed, what was recovered
+        first, the storage 'group remove --forget-members' leaves untracked)."""
         return list(self.coordinator.warnings)
 
     def revert(self, group: str, name: str, *, disks_only: bool = False,

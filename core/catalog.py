@@ -129,7 +129,9 @@ class Catalog:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
-            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            # a Snaptree shared by threads serializes its calls (snaptree.api)
+            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+                                        check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA busy_timeout = 30000")
             self.conn.execute("PRAGMA journal_mode = WAL")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import shlex
+import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -91,13 +92,26 @@ class Coordinator:
         self.state_dir = state_dir
         self.lock_timeout = lock_timeout
         self.progress = progress
-        #: Warnings backends left in ``ctx.scratch["warnings"]`` during the last operation.
-        self.warnings: list[str] = []
+        self._local = threading.local()
         #: Called with a group's name and the operation (``create``,
         #: ``revert``, ``delete``, ...) as soon as the operation holds the
         #: group's lock, before it reads the group (the API finishes there
         #: what an interrupted operation left open).
         self.on_locked: Callable[[str, str], None] | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings backends left in ``ctx.scratch["warnings"]`` during the
+        last operation of the calling thread."""
+        try:
+            return self._local.warnings
+        except AttributeError:
+            self._local.warnings = []
+            return self._local.warnings
+
+    @warnings.setter
+    def warnings(self, value: list[str]) -> None:
+        self._local.warnings = value
 
     @property
     def hook(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -358,3 +359,29 @@ def test_a_backend_without_revert_to_any_reverts_only_to_the_newest(tmp_path, im
         api.revert("g", "new")
         assert asked == ["new"]
 
+
+# -- 7. one Snaptree shared by threads -------------------------------------------
+
+def test_threads_sharing_one_snaptree_take_turns(tmp_path, images):
+    raw, _ = images
+    errors: list[str] = []
+    warned: dict[int, list[str]] = {}
+    with Snaptree(str(tmp_path / "state")) as api:
+        api.create_group("g", [f"raw:{raw}"])
+
+        def work(index):
+            try:
+                for round_ in range(5):
+                    api.create("g", f"t{index}-{round_}")
+                warned[index] = api.warnings
+            except Exception as err:  # any failure counts, a snaptree one or a raw one
+                errors.append(f"{type(err).__name__}: {err}")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(api.list("g")) == 20 and api.check("g").clean
+        assert warned == {i: [] for i in range(4)}
