@@ -16,7 +16,11 @@ A backend's test module subclasses :class:`BackendContract` and supplies a
 
 Load the kit's fixtures with ``pytest_plugins = ["snaptree.testing"]`` in a
 ``conftest.py``.  Every test uses the real :class:`snaptree.Snaptree` API with
-entry-point plugins, so the backend is found exactly as users find it.
+entry-point plugins, so the backend is found exactly as users find it.  The
+failure half (:mod:`snaptree.testing_faults`) fails, kills and interrupts
+operations through snaptree's fault-injection points, and makes the
+backend's own commands fail one at a time (``command_faults`` of them at
+most, a class attribute a subclass may lower).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from typing import Any, Callable
 import attrs
 import pytest
 
-from . import Snaptree, hookimpl
-from .errors import Conflict, InvalidInput, NotFound, SnaptreeError, SnapshotNotFound
+from . import Snaptree
+from .errors import Conflict, InvalidInput, NotFound, SnapshotNotFound
 from .footprints import Places
+from .testing_faults import FaultContract
 
 __all__ = ["BackendContract", "VolumeHandle", "INVALID_NAMES", "run_cli", "forget_unsynced_creates"]
 
@@ -71,21 +76,6 @@ def run_cli(args: list[str], state_dir: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, env=child_env, timeout=timeout)
 
 
-class _FailNthSnapshotCall:
-    """Fault injection: the N-th ``snaptree_snapshot`` call raises before the backend runs."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.calls = 0
-
-    @hookimpl(wrapper=True)
-    def snaptree_snapshot(self, backend, volumes, ctx):
-        self.calls += 1
-        if self.calls == self.n:
-            raise SnaptreeError(f"injected failure on snapshot call {self.n}")
-        return (yield)
-
-
 @pytest.fixture
 def snaptree_state_dir(tmp_path):
     return str(tmp_path / "snaptree-state")
@@ -104,8 +94,18 @@ def forget_unsynced_creates(api: Snaptree, group: str) -> None:
                 db.execute("DELETE FROM journal WHERE op_id=?", (entry["op_id"],))
 
 
-class BackendContract:
-    """Contract tests; subclass and provide a ``make_volume`` fixture."""
+def _findings(report) -> str:
+    found = {k: v for k, v in report.as_dict().items()
+             if v and k not in ("group", "clean", "foreign")}
+    return "; ".join(f"{kind}: {items}" for kind, items in found.items())
+
+
+class BackendContract(FaultContract):
+    """Contract tests; subclass and provide a ``make_volume`` fixture.
+
+    The failure, crash and interrupt tests come from
+    :class:`snaptree.testing_faults.FaultContract`.
+    """
 
     group = "contract"
 
@@ -129,10 +129,44 @@ class BackendContract:
                          options=options)
         return name
 
-    def _stored(self, api: Snaptree, vol: VolumeHandle):
+    def _claim(self, api: Snaptree, vol: VolumeHandle):
         volume = api.claim(vol.spec)
+        assert volume.backend == vol.backend, (
+            f"{vol.spec} was claimed as a volume of backend {volume.backend!r}: a plugin claims "
+            f"only its own backend's specs, as Volume({vol.backend!r}, ...); snaptree would send "
+            f"every operation on it to {volume.backend!r}")
+        return volume
+
+    def _caps(self, api: Snaptree, vol: VolumeHandle):
+        return api.backend_info(vol.backend).capabilities
+
+    def _stored(self, api: Snaptree, vol: VolumeHandle):
+        volume = self._claim(api, vol)
         listed = api.plugins.hook.snaptree_list(backend=volume.backend, volume=volume)
         return [m for m in (listed or []) if m.snapshot_id]
+
+    def _ids(self, api: Snaptree, vol: VolumeHandle) -> list[str]:
+        return sorted(m.snapshot_id for m in self._stored(api, vol))
+
+    def _assert_clean(self, api: Snaptree, group: str, after: str) -> None:
+        report = api.check(group)
+        assert report.clean, f"'snaptree check' finds drift after {after}: {_findings(report)}"
+
+    def _assert_holds(self, vols: list[VolumeHandle], digests: list[str], what: str) -> None:
+        for index, (vol, digest) in enumerate(zip(vols, digests), 1):
+            assert vol.digest() == digest, \
+                f"volume {index} of {len(vols)} ({vol.spec}) does not hold {what}"
+
+    def _assert_members(self, api: Snaptree, snap, vols: list[VolumeHandle]) -> None:
+        assert len(snap.members) == len(vols)
+        for index, (vol, member) in enumerate(zip(vols, snap.members), 1):
+            volume = self._claim(api, vol)
+            assert (member.backend, member.locator, member.snapshot_id) == \
+                (volume.backend, volume.locator, snap.snapshot_id), (
+                f"the member of volume {index} of {len(vols)} ({vol.spec}) says backend "
+                f"{member.backend!r}, locator {member.locator!r}, id {member.snapshot_id!r}: "
+                "snaptree_snapshot returns one member per volume, in order, each with that "
+                "volume's backend and locator and ctx.snapshot_id")
 
     # -- the lifecycle ----------------------------------------------------------
 
@@ -149,37 +183,92 @@ class BackendContract:
         assert isinstance(path, str) and path.startswith("/"), \
             "snaptree_volume_path gives the absolute file or device a VM opens"
 
+    def test_claim_is_the_plugins_own(self, api, make_volume):
+        vol = make_volume()
+        backend, locator = vol.spec.split(":", 1)
+        answers = api.plugins.hook.snaptree_claim_volume(backend=backend, locator=locator)
+        for volume in answers:
+            if volume is not None:
+                assert volume.backend == backend, (
+                    f"{vol.spec} was claimed as a volume of backend {volume.backend!r}: a plugin "
+                    f"claims only its own backend's specs, as Volume({backend!r}, ...)")
+        self._claim(api, vol)  # and what snaptree makes of the answers
+
     def test_create_list_revert_delete(self, api, make_volume):
         vol = make_volume()
         group = self._group(api, [vol])
         vol.fill(1)
         first = vol.digest()
-        api.create(group, "one", description="first")
+        self._assert_members(api, api.create(group, "one", description="first"), [vol])
         vol.fill(2)
         second = vol.digest()
         assert second != first, "fill(seed) must change the content"
-        api.create(group, "two")
+        self._assert_members(api, api.create(group, "two"), [vol])
         assert [s.name for s in api.list(group)] == ["one", "two"]
         assert api.parent(group, "two").name == "one"
         assert len(self._stored(api, vol)) == 2
-        vol.fill(3)
-        api.revert(group, "one")
-        assert vol.digest() == first
-        assert api.current(group).name == "one"
-        info = api.backend_info(vol.backend)
-        if info.capabilities.revert_to_any:
-            api.revert(group, "two")
-            assert vol.digest() == second
-            api.revert(group, "one")
-            assert vol.digest() == first
+        ids = self._ids(api, vol)
+        held = {"one": first, "two": second}
+        # the older snapshot where the backend reverts to any, else the newest only;
+        # each twice: a revert leaves its snapshot in place
+        targets = ["one", "one", "two", "one"] if self._caps(api, vol).revert_to_any \
+            else ["two", "two"]
+        for seed, target in enumerate(targets, 3):
+            vol.fill(seed)
+            api.revert(group, target)
+            self._assert_holds([vol], [held[target]], f"snapshot {target!r} after a revert to it")
+            assert api.current(group).name == target
+            assert self._ids(api, vol) == ids, (
+                f"after a revert to {target!r} the backend lists {self._ids(api, vol)}, "
+                f"not {ids}: a revert must leave every snapshot in place")
+            self._assert_clean(api, group, f"a revert to {target!r}")
+        now = vol.digest()
         api.delete(group, "one")
         assert [s.name for s in api.list(group)] == ["two"]
         assert api.info(group, "two").parent is None
         assert len(self._stored(api, vol)) == 1
-        assert api.check(group).clean
+        self._assert_clean(api, group, "a delete")
         api.delete(group, "two")
         assert self._stored(api, vol) == []
-        assert vol.digest() == first, "deleting snapshots must not touch the volume"
+        self._assert_clean(api, group, "deleting every snapshot")
+        assert vol.digest() == now, "deleting snapshots must not touch the volume"
+
+    def test_group_of_two_volumes(self, api, make_volume):
+        vols = [make_volume(), make_volume()]
+        group = self._group(api, vols)
+        held: dict[str, list[str]] = {}
+        for seed, name in ((50, "g1"), (52, "g2")):
+            for index, vol in enumerate(vols):
+                vol.fill(seed + index)
+            held[name] = [v.digest() for v in vols]
+            self._assert_members(api, api.create(group, name), vols)
+        ids = sorted(s.snapshot_id for s in api.list(group))
+        for index, vol in enumerate(vols, 1):
+            assert self._ids(api, vol) == ids, \
+                f"volume {index} of 2 ({vol.spec}) holds {self._ids(api, vol)}, not {ids}"
+        targets = ["g1", "g1", "g2", "g1"] if self._caps(api, vols[0]).revert_to_any \
+            else ["g2", "g2"]
+        for seed, target in enumerate(targets, 60):
+            for index, vol in enumerate(vols):
+                vol.fill(2 * seed + index)
+            api.revert(group, target)
+            self._assert_holds(vols, held[target], f"snapshot {target!r} after a revert of the "
+                               "group to it (a revert reverts every member it is given)")
+            for index, vol in enumerate(vols, 1):
+                assert self._ids(api, vol) == ids, (
+                    f"after a revert to {target!r} volume {index} of 2 ({vol.spec}) holds "
+                    f"{self._ids(api, vol)}, not {ids}: a revert must leave every snapshot in place")
+            self._assert_clean(api, group, f"a revert of two volumes to {target!r}")
+        now = [v.digest() for v in vols]
+        api.delete(group, "g1")
+        for index, vol in enumerate(vols, 1):
+            assert self._ids(api, vol) == [api.info(group, "g2").snapshot_id], \
+                f"volume {index} of 2 ({vol.spec}) after deleting 'g1': {self._ids(api, vol)}"
+        self._assert_clean(api, group, "deleting a snapshot of two volumes")
+        api.delete(group, "g2")
+        assert [self._stored(api, v) for v in vols] == [[], []]
+        self._assert_clean(api, group, "deleting every snapshot of two volumes")
+        self._assert_holds(vols, now, "its content (deleting snapshots must not touch it)")
 
     def test_member_describes_storage(self, api, make_volume):
         vol = make_volume()
@@ -256,41 +345,7 @@ class BackendContract:
             api.create_group("ghost", [f"{backend}:{locator}-does-not-exist"])
         assert api.list_groups() == []
 
-    # -- failures undo everything -------------------------------------------------
-
-    def test_failed_member_is_undone(self, api, make_volume):
-        vols = [make_volume(), make_volume()]
-        group = self._group(api, vols)
-        for seed, vol in enumerate(vols):
-            vol.fill(10 + seed)
-        before = [v.digest() for v in vols]
-        info = api.backend_info(vols[0].backend)
-        injector = _FailNthSnapshotCall(1 if info.capabilities.atomic_batch else 2)
-        api.plugins.register(injector)
-        try:
-            with pytest.raises(SnaptreeError, match="injected"):
-                api.create(group, "broken")
-        finally:
-            api.plugins.unregister(injector)
-        assert api.list(group) == []
-        assert [self._stored(api, v) for v in vols] == [[], []]
-        assert [v.digest() for v in vols] == before
-        api.create(group, "broken")  # the name is free again
-        assert all(len(self._stored(api, v)) == 1 for v in vols)
-
-    def test_failed_commit_is_undone(self, api, make_volume, monkeypatch):
-        vols = [make_volume(), make_volume()]
-        group = self._group(api, vols)
-        for seed, vol in enumerate(vols):
-            vol.fill(20 + seed)
-        before = [v.digest() for v in vols]
-        monkeypatch.setenv("SNAPTREE_FAIL_AT", "catalog:create-commit:before")
-        with pytest.raises(SnaptreeError, match="injected"):
-            api.create(group, "late")
-        monkeypatch.delenv("SNAPTREE_FAIL_AT")
-        assert api.list(group) == []
-        assert [self._stored(api, v) for v in vols] == [[], []]
-        assert [v.digest() for v in vols] == before
+    # -- crashes and power cuts (more failures: FaultContract) -----------------------
 
     def test_crash_during_create_is_recovered(self, api, make_volume, snaptree_state_dir):
         vol = make_volume()
