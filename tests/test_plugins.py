@@ -34,6 +34,17 @@ def test_duplicate_backend_names_name_both_providers():
         plugins.backends
 
 
+def _backend_rows(state) -> dict[str, dict]:
+    """``snaptree backends`` by name, with the skipped-plugin warnings kept quiet."""
+    import logging
+    logging.getLogger("snaptree.plugins").disabled = True
+    try:
+        with Snaptree(str(state)) as api:
+            return {r["name"]: r for r in api.backends()}
+    finally:
+        logging.getLogger("snaptree.plugins").disabled = False
+
+
 class _Registers:
     """A plugin whose registration hook returns (or raises) what it is given."""
 
@@ -79,13 +90,7 @@ def test_an_entry_point_naming_the_class_is_broken_and_says_so(tmp_path, monkeyp
     (dist / "entry_points.txt").write_text("[snaptree]\nclassy = snaptree_classy\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("SNAPTREE_PLUGINS", "classy,raw")
-    import logging
-    logging.getLogger("snaptree.plugins").disabled = True
-    try:
-        with Snaptree(str(tmp_path / "state")) as api:
-            rows = {r["name"]: r for r in api.backends()}
-    finally:
-        logging.getLogger("snaptree.plugins").disabled = False
+    rows = _backend_rows(tmp_path / "state")
     assert "write plugin = Classy()" in rows["classy"]["broken"]
     assert "capabilities" in rows["raw"]
 
@@ -98,13 +103,7 @@ def test_broken_entry_point_is_skipped(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[snaptree]\nbroken = snaptree_broken_missing_module\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("SNAPTREE_PLUGINS", raising=False)
-    import logging
-    logging.getLogger("snaptree.plugins").disabled = True
-    try:
-        with Snaptree(str(tmp_path / "state")) as api:
-            rows = {r["name"]: r for r in api.backends()}
-    finally:
-        logging.getLogger("snaptree.plugins").disabled = False
+    rows = _backend_rows(tmp_path / "state")
     assert "ModuleNotFoundError" in rows["broken"]["broken"]
     assert "capabilities" in rows["raw"], "the working plugins still load"
 
