@@ -472,12 +472,14 @@ class Snaptree:
         Returns the names deleted, in that order (with ``dry_run``: that
         would be).  Each delete is decided again under the group's lock by
         snapshot id: a rename meanwhile does not save a snapshot, a revert
-        to it does.  A failed delete stops the pruning: what was deleted
+        to it does.  The target of a revert left unfinished stays too
+        (``recover`` needs it to finish the revert).  A failed delete stops the pruning: what was deleted
         before stays deleted, and the error names them.
         """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise InvalidInput(f"keep must be a whole number of 0 or more, not {keep!r}")
-        doomed = prune_order(self.list(group), keep, self.group(group).current_id)
+        doomed = prune_order(self.list(group), keep, self.group(group).current_id,
+                             self.coordinator.unfinished_revert_targets(group))
         if dry_run:
             return [s.name for s in doomed]
         deleted: list[str] = []
@@ -528,14 +530,15 @@ class Snaptree:
         if new_name is None and description is None:
             raise InvalidInput("nothing to change: give a new name or a description")
         if new_name is not None:
-            check_name(new_name)
+            new_name = check_name(new_name)  # its normal form
         if description is not None:
             check_description(description)
         self.group(group)
         with self.coordinator.locked(group, "edit"):
             snap = self.coordinator.snapshot(group, name)
             target = snap.name if new_name is None else new_name
-            if target != snap.name and self.catalog.get_snapshot(group, target) is not None:
+            holder = self.catalog.get_snapshot(group, target) if target != snap.name else None
+            if holder is not None and holder.snapshot_id != snap.snapshot_id:
                 raise Conflict(f"group {group!r} already has a snapshot named {target!r}")
             self.catalog.edit_snapshot(snap.snapshot_id, target,
                                        snap.description if description is None else description)

@@ -454,6 +454,7 @@ class Coordinator:
                         group_name, "revert", snap.snapshot_id,
                         {"previous": previous, "disks_only": disks_only}, db)
                 done: list[str] = []
+                in_flight: list[str] = []  # the batch a backend is reverting
                 suspended = False
                 try:
                     if snap.memory is not None or group.qmp_socket:
@@ -464,8 +465,10 @@ class Coordinator:
                                                     group=group, ctx=ctx))
                     for backend, volumes in batches:
                         members = [members_by_spec[v.spec] for v in volumes]
+                        in_flight = [v.spec for v in volumes]
                         self._call(f"revert:{backend}", self.hook.snaptree_revert,
                                    backend=backend, members=members, ctx=ctx)
+                        in_flight = []
                         done.extend(v.spec for v in volumes)
                         ctx.progress(len(done), len(reverted), f"revert {name}")
                     if options["memory"]:
@@ -499,13 +502,18 @@ class Coordinator:
                             pass  # the revert error is the one to report
                     span.end(err)
                     message = str(err) or type(err).__name__
-                    if done:
+                    # a backend given several volumes at once may have
+                    # reverted some of them before it failed
+                    maybe = in_flight if len(in_flight) > 1 else []
+                    if done or maybe:
                         # Some volumes are at the snapshot, the others not:
                         # the entry stays open, as after a crash, so 'check'
                         # reports it, 'recover' (or the next operation's
                         # recover-first) rolls it forward, and while that
                         # fails creates and reverts are refused.
-                        message += (f" (already reverted: {', '.join(done)}; the volumes are "
+                        told = ([f"already reverted: {', '.join(done)}"] if done else []) + (
+                            [f"maybe reverted: {', '.join(maybe)}"] if maybe else [])
+                        message += (f" ({'; '.join(told)}; the volumes are "
                                     "not all at one snapshot until the revert is finished: "
                                     f"'snaptree recover {shlex.quote(group_name)}', or the next "
                                     "operation on the group, finishes it)")
@@ -566,7 +574,7 @@ class Coordinator:
         under whatever name it has by then (``name`` only says what the
         caller called it; gone: :class:`SnapshotNotFound`); with
         ``keep_current`` nothing is deleted if it is the group's current
-        one (returns ``[]``).
+        one or the target of a revert left unfinished (returns ``[]``).
         """
         self.warnings = []
         self.group(group_name)  # no lock file for a group that does not exist
@@ -585,10 +593,18 @@ class Coordinator:
                 if snap is None or snap.group != group_name:
                     raise SnapshotNotFound(f"group {group_name!r} has no snapshot {name!r} "
                                            f"(id {snapshot_id}) any more")
-            if keep_current and group.current_id == snap.snapshot_id:
+            reverting = self.unfinished_revert_targets(group_name)
+            if keep_current and (group.current_id == snap.snapshot_id
+                                 or snap.snapshot_id in reverting):
                 return []
             name = snap.name  # its name now, for the messages (a rename may have come between)
             ids = (self.descendants(snap.snapshot_id) if children else []) + [snap.snapshot_id]
+            for sid in reverting & set(ids):
+                target = self.catalog.get_snapshot_by_id(sid)
+                self.warnings.append(
+                    f"deleting {target.name if target else sid!r} abandons the unfinished revert "
+                    f"to it: the volumes of group {group_name!r} may stay partly reverted (some "
+                    "at that snapshot, the others as before); check their contents")
             snaps = [self.catalog.get_snapshot_by_id(i) for i in ids]
             for s in snaps:
                 ctx = self.context(group, s.snapshot_id, s.name, dict(options or {}))
@@ -620,6 +636,12 @@ class Coordinator:
                                    "finishes the delete)")
                 raise
         return [s.name for s in snaps]
+
+    def unfinished_revert_targets(self, group_name: str) -> set[str]:
+        """Ids of the snapshots a revert left unfinished (open in the journal)
+        is going to: ``recover`` needs each to finish that revert."""
+        return {entry["snapshot_id"] for entry in self.catalog.journal_open(group_name)
+                if entry["operation"] == "revert" and entry["snapshot_id"]}
 
     def delete_one(self, group: Group, snapshot_id: str, options: dict[str, Any] | None = None) -> None:
         """Remove one snapshot's members and its row; idempotent (used by recover)."""

@@ -15,26 +15,30 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .model import Snapshot, SnapshotState
 
 __all__ = ["prune_order"]
 
 
-def prune_order(snapshots: Sequence[Snapshot], keep: int, current_id: str | None) -> list[Snapshot]:
+def prune_order(snapshots: Sequence[Snapshot], keep: int, current_id: str | None,
+                spared: Collection[str] = ()) -> list[Snapshot]:
     """The snapshots ``prune`` deletes, in the order it deletes them.
 
     :param snapshots: every snapshot of the group, oldest first (as
         :meth:`Catalog.list_snapshots` gives them), any state.
     :param keep: how many of the newest complete snapshots stay.
     :param current_id: the group's current snapshot, which stays too.
+    :param spared: ids of other snapshots that stay (the target of a revert
+        left unfinished, which ``recover`` still needs).
     """
     place = {s.snapshot_id: index for index, s in enumerate(snapshots)}
     complete = [s for s in snapshots if s.state is SnapshotState.COMPLETE]
     kept = {s.snapshot_id for s in complete[::-1][:keep]}
     doomed = {s.snapshot_id: s for s in complete
-              if s.snapshot_id not in kept and s.snapshot_id != current_id}
+              if s.snapshot_id not in kept and s.snapshot_id != current_id
+              and s.snapshot_id not in spared}
     above = _nearest_above(snapshots, doomed)
     waiting = Counter(sid for sid in above.values() if sid is not None)
     ready = [(-place[sid], sid) for sid in doomed if not waiting[sid]]

@@ -84,3 +84,19 @@ def test_rename_to_its_own_name_and_unknown_group(tree):
             api.edit("vm", "b", new_name="a")
         with pytest.raises(GroupNotFound):
             api.edit("nope", "a", new_name="c")
+
+
+def test_rename_to_another_spelling_of_its_own_name(capsys, tmp_path):
+    """A name stored decomposed (as typed, or by an earlier snaptree) can be renamed to its
+    composed form: that is no clash with itself."""
+    import unicodedata
+    composed, decomposed = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"A" * 4096)
+    state = tmp_path / "state"
+    assert st(capsys, state, "group", "create", "vm", f"raw:{disk}")[0] == 0
+    assert st(capsys, state, "create", "vm", decomposed)[0] == 0
+    code, out, err = st(capsys, state, "edit", "vm", composed, "--rename", decomposed,
+                        "-d", "new", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["description"] == "new"

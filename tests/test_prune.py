@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -204,3 +205,35 @@ def test_parents_in_a_loop_still_get_an_order():
                         created=float(created), description="", state=SnapshotState.COMPLETE)
     snaps = [snap("a", "c", 1), snap("b", "a", 2), snap("c", "b", 3), snap("d", "c", 4)]
     assert [s.name for s in prune_order(snaps, 1, None)] == ["c", "b", "a"]
+
+
+def _immutable(path, on: bool) -> None:
+    subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+@pytest.mark.root
+def test_the_target_of_an_unfinished_revert_is_kept_and_deleting_it_says_so(capsys, tmp_path):
+    """A revert stopped after one of two disks went back waits for recover, which needs its
+    target: prune keeps it; an explicit delete abandons the revert and says so then."""
+    a, b, state = tmp_path / "a.img", tmp_path / "b.img", tmp_path / "state"
+    a.write_bytes(b"A" * 4096)
+    b.write_bytes(b"B" * 4096)
+    with Snaptree(str(state)) as api:
+        api.create_group("g", [f"raw:{a}", f"raw:{b}"])
+        api.create("g", "s1")
+        a.write_bytes(b"a" * 4096)
+        b.write_bytes(b"b" * 4096)
+        api.create("g", "s2")
+    _immutable(b, True)
+    try:
+        code, _, err = st(capsys, state, "revert", "g", "s1")
+        assert code == 9 and "already reverted" in err
+        code, out, err = st(capsys, state, "prune", "g", "--keep", "1", "--dry-run")
+        assert (code, out) == (0, "nothing to delete\n")  # s2 newest and current, s1 the target
+        assert st(capsys, state, "prune", "g", "--keep", "1")[0] == 0
+        with Snaptree(str(state)) as api:
+            assert [s.name for s in api.list("g")] == ["s1", "s2"]
+        code, out, err = st(capsys, state, "delete", "g", "s1")
+        assert code == 0 and "abandons the unfinished revert" in err and "partly reverted" in err
+    finally:
+        _immutable(b, False)

@@ -108,3 +108,36 @@ def test_image_held_by_qemu_needs_the_socket(api, tmp_path, mode):
         assert active_image(images[0]) == images[0]
     finally:
         daemon.kill()
+
+
+@pytest.mark.root
+def test_a_batch_revert_failing_on_its_second_disk_stays_open_for_recover(capsys, tmp_path):
+    """qcow2 reverts a group's disks in one call: the first disk back and the second refused
+    is a half-reverted group, not 'nothing changed' (a create would then snapshot the mix)."""
+    from cli_helpers import st
+
+    first, second = make_images(str(tmp_path), 2)
+    state = tmp_path / "state"
+    assert st(capsys, state, "group", "create", "vm", f"qcow2:{first}", f"qcow2:{second}")[0] == 0
+    for image in (first, second):
+        write_pattern(image, 1)
+    assert st(capsys, state, "create", "vm", "s1")[0] == 0
+    at_s1 = [image_digest(image, str(tmp_path)) for image in (first, second)]
+    for image in (first, second):
+        write_pattern(image, 2)
+    assert st(capsys, state, "create", "vm", "s2")[0] == 0
+    subprocess.run(["chattr", "+i", second], check=True)
+    try:
+        code, _, err = st(capsys, state, "revert", "vm", "s1")
+        assert code != 0 and "maybe reverted" in err and "snaptree recover vm" in err
+        assert image_digest(first, str(tmp_path)) == at_s1[0]  # the first disk did go back
+        assert st(capsys, state, "check", "vm")[0] == 11
+        code, _, err = st(capsys, state, "create", "vm", "mixed")
+        assert code == 8, err
+    finally:
+        subprocess.run(["chattr", "-i", second], check=True)
+    assert st(capsys, state, "recover", "vm")[0] == 0
+    assert [image_digest(image, str(tmp_path)) for image in (first, second)] == at_s1
+    code, out, _ = st(capsys, state, "current", "vm")
+    assert code == 0 and "s1" in out
+    assert st(capsys, state, "check", "vm")[0] == 0
