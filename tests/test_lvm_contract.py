@@ -18,7 +18,15 @@ def _handle(vg: str, lv: str, device: str, options: dict) -> VolumeHandle:
                         group_options=options)
 
 
+#: Each failed command is a create in its own child process, and under TCG a child costs
+#: tens of seconds: the first two LVM commands failing (the first volume's snapshot, then
+#: what follows it) keep the walk's point at the guest's price.
+LVM_COMMAND_FAULTS = 2
+
+
 class TestLvmThickContract(BackendContract):
+    command_faults = LVM_COMMAND_FAULTS
+
     @pytest.fixture
     def make_volume(self, make_lv):
         def factory() -> VolumeHandle:
@@ -28,6 +36,8 @@ class TestLvmThickContract(BackendContract):
 
 
 class TestLvmThinContract(BackendContract):
+    command_faults = LVM_COMMAND_FAULTS
+
     @pytest.fixture
     def make_volume(self, make_lv):
         def factory() -> VolumeHandle:
