@@ -122,6 +122,15 @@ class FaultContract:
             vol.fill(seed + 4 + index)
         return vols, group, held
 
+    def _filled_pair(self, api, make_volume, seed: int):
+        """A group of two volumes filled from ``seed`` and ``seed + 1``, no
+        snapshot yet; with the content each holds."""
+        vols = [make_volume(), make_volume()]
+        group = self._group(api, vols)
+        for offset, vol in enumerate(vols):
+            vol.fill(seed + offset)
+        return vols, group, [v.digest() for v in vols]
+
     def _target(self, api, vols) -> str:
         """The snapshot to revert to: the older one where the backend reverts to
         any, else the newest (the only one it promises)."""
@@ -130,11 +139,7 @@ class FaultContract:
     # -- create ------------------------------------------------------------------
 
     def test_failed_member_is_undone(self, api, make_volume, snaptree_state_dir):
-        vols = [make_volume(), make_volume()]
-        group = self._group(api, vols)
-        for seed, vol in enumerate(vols):
-            vol.fill(10 + seed)
-        before = [v.digest() for v in vols]
+        vols, group, before = self._filled_pair(api, make_volume, 10)
         backend = vols[0].backend
         if not self._caps(api, vols[0]).atomic_batch:
             # the second volume's call fails: the first's member is undone by delete
@@ -157,11 +162,7 @@ class FaultContract:
         assert all(len(self._stored(api, v)) == 1 for v in vols)
 
     def test_failed_commit_is_undone(self, api, make_volume, monkeypatch):
-        vols = [make_volume(), make_volume()]
-        group = self._group(api, vols)
-        for seed, vol in enumerate(vols):
-            vol.fill(20 + seed)
-        before = [v.digest() for v in vols]
+        vols, group, before = self._filled_pair(api, make_volume, 20)
         monkeypatch.setenv("SNAPTREE_FAIL_AT", "catalog:create-commit:before")
         with pytest.raises(SnaptreeError, match="injected"):
             api.create(group, "late")
@@ -173,11 +174,7 @@ class FaultContract:
         during a create of two volumes: each failed create leaves nothing.
         A backend that runs no command through ``snaptree.runner`` passes at
         once."""
-        vols = [make_volume(), make_volume()]
-        group = self._group(api, vols)
-        for seed, vol in enumerate(vols):
-            vol.fill(70 + seed)
-        before = [v.digest() for v in vols]
+        vols, group, before = self._filled_pair(api, make_volume, 70)
         backend = vols[0].backend
         for n in range(1, self.command_faults + 1):
             outcome = self._create_failing_command(snaptree_state_dir, group, backend, n)
